@@ -1,0 +1,51 @@
+"""Entry point: python main.py --config=configs/alexnet.py --workdir=DIR [--mode=...]."""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None, 'Training configuration; FILE:variants, e.g. '
+    'configs/alexnet.py:lrn=off,pool=2x2.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for metrics, checkpoints and results.')
+flags.DEFINE_enum('mode', 'train', ['train', 'summary'],
+                  'train: train and evaluate; summary: print the layer table.')
+flags.mark_flags_as_required(['config'])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses flags; an override of a key the config lacks gets a plain message."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    key = str(e).strip('"\'')
+    culprits = [a for a in argv if a.startswith('--config.') and
+                key in a.split('=')[0].split('.')]
+    sys.exit(f'Error: unknown config key {key!r} in {" ".join(culprits) or argv}. '
+             'Check the spelling against the config file (README: config '
+             'reference); new keys must be added to the config, not overridden.')
+  except flags.Error as e:
+    lines = str(e).strip().splitlines()
+    # config_flags embeds the config file's traceback: keep its last line.
+    message = lines[0] + (f' {lines[-1]}' if len(lines) > 1 else '')
+    sys.exit(f'Error: {message}\nPass --helpshort to see the flags.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if FLAGS.mode == 'summary':
+    import summary
+    print(summary.summarize(FLAGS.config))
+    return
+  if not FLAGS.workdir:
+    raise app.UsageError('--workdir is required for --mode=train.')
+  import train  # heavy imports after flag parsing keep --help fast
+  logging.info('Config:\n%s', FLAGS.config)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,114 @@
+"""The parts AlexNet is built from: tower convolutions, LRN, pooling.
+
+Activations inside the convolutional stack are tower-major arrays of shape
+(towers, batch, height, width, channels_per_tower). Keeping the tower as an
+array axis lets a mesh place each tower on its own 'model' shard, while every
+tower is still computed with plain convolutions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Initializer = Callable[..., jax.Array]
+
+# Logical axis names of the tower-major activations.
+TOWER_ACTIVATION_AXES = ('tower', 'batch', 'height', 'width', 'channels')
+
+
+def merge_towers(x: jax.Array) -> jax.Array:
+  """(towers, N, H, W, C) -> (1, N, H, W, towers * C): one input seen by all."""
+  return jnp.concatenate(list(x), axis=-1)[None]
+
+
+class TowerConv(nn.Module):
+  """A convolution split into towers, as the paper split it over two GPUs.
+
+  The kernel has a leading tower axis. Output tower t sees input tower t only,
+  or, with `mix_towers`, the maps of all input towers (conv1 on the image,
+  conv3 in the paper). Towers are separate plain convolutions, never
+  `feature_group_count`: XLA's CPU backward pass for grouped convolutions is
+  about 13x slower than the same work as plain convolutions.
+  """
+  towers: int
+  features: int                  # summed over towers
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+  mix_towers: bool = False
+  kernel_init: Initializer = nn.initializers.normal(0.01)
+  bias_init: Initializer = nn.initializers.zeros
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.features % self.towers:
+      raise ValueError(f'{self.name}: {self.features} kernels do not split '
+                       f'into {self.towers} towers.')
+    if self.mix_towers:
+      x = merge_towers(x)
+    elif x.shape[0] != self.towers:
+      raise ValueError(f'{self.name}: input has {x.shape[0]} towers, '
+                       f'layer has {self.towers}.')
+    k = self.kernel_size
+    kernel = self.param(
+        'kernel',
+        nn.with_logical_partitioning(
+            self.kernel_init,
+            ('tower', 'conv_height', 'conv_width', 'conv_in', 'conv_out')),
+        (self.towers, k, k, x.shape[-1], self.features // self.towers),
+        self.param_dtype)
+    bias = self.param(
+        'bias', nn.with_logical_partitioning(self.bias_init, ('tower', 'conv_out')),
+        (self.towers, self.features // self.towers), self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    pad = ((self.padding, self.padding),) * 2
+
+    def conv(inputs, t):
+      y = lax.conv_general_dilated(
+          inputs, kernel[t], (self.stride, self.stride), pad,
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      return y + bias[t]
+
+    y = jnp.stack([conv(x[0 if self.mix_towers else t], t)
+                   for t in range(self.towers)])
+    return nn.with_logical_constraint(y, TOWER_ACTIVATION_AXES)
+
+
+class LocalResponseNorm(nn.Module):
+  """The paper's local response normalisation, within each tower.
+
+  b_i = a_i / (k + alpha * sum_{j=i-n/2}^{i+n/2} a_j^2) ** beta. Alpha multiplies
+  the plain sum (Caffe and PyTorch divide it by n). The window runs over the
+  last axis, so it never crosses from one tower's maps into the other's.
+  """
+  k: float = 2.0
+  n: int = 5
+  alpha: float = 1e-4
+  beta: float = 0.75
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    # The windowed sum of squares as a banded matmul over channels: XLA runs
+    # it as a GEMM, far faster than a reduce_window over the minor axis.
+    channels = x.shape[-1]
+    i = jnp.arange(channels)
+    band = (jnp.abs(i[:, None] - i[None, :]) <= self.n // 2).astype(x.dtype)
+    sum_sq = jnp.einsum('...c,cd->...d', jnp.square(x), band)
+    return x / jnp.power(self.k + self.alpha * sum_sq, self.beta)
+
+
+class MaxPool(nn.Module):
+  """Max pooling over height and width of tower-major activations."""
+  window: int = 3
+  stride: int = 2
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nn.max_pool(x, (self.window, self.window), (self.stride, self.stride))

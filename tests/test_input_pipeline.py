@@ -1,0 +1,287 @@
+"""Tests of the demo dataset and the tf.data input pipeline (CPU, seconds)."""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import demo_dataset
+import input_pipeline
+from configs import alexnet
+
+MEAN = (120.0, 110.0, 100.0)
+STD = (60.0, 50.0, 40.0)
+
+
+def _data_config(data_dir, **overrides) -> ml_collections.ConfigDict:
+  data = alexnet.get_config().data
+  data.name = 'demo_shapes/tiny'
+  data.data_dir = str(data_dir)
+  data.resize_size = 80
+  data.image_size = 64
+  data.mean_rgb = MEAN
+  data.std_rgb = STD
+  data.shuffle_buffer = 256
+  for key, value in overrides.items():
+    data[key] = value
+  return data
+
+
+def _decoded(data, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """All (images uint8, labels) of `split` in file order."""
+  builder = input_pipeline.get_builder(data)
+  ds = builder.as_dataset(split=split, shuffle_files=False, batch_size=-1)
+  ds = tfds.as_numpy(ds)
+  return ds['image'], ds['label']
+
+
+def _normalize(images: np.ndarray) -> np.ndarray:
+  return (images.astype(np.float32) - np.float32(MEAN)) / np.float32(STD)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """A data_dir with the tiny demo prepared once for the module."""
+  path = tmp_path_factory.mktemp('tfds')
+  input_pipeline.get_builder(_data_config(path))
+  return path
+
+
+@pytest.fixture(scope='module')
+def train_images(data_dir):
+  return _decoded(_data_config(data_dir), 'train')[0]
+
+
+# --- The demo dataset. ---
+
+
+def test_demo_builder_metadata(data_dir):
+  builder = input_pipeline.get_builder(_data_config(data_dir))
+  assert isinstance(builder, demo_dataset.DemoShapes)
+  assert builder.builder_config.name == 'tiny'
+  assert builder.info.features['label'].names == list(demo_dataset.CLASS_NAMES)
+  assert builder.info.features['image'].shape == (80, 80, 3)
+  info = input_pipeline.dataset_info(_data_config(data_dir))
+  assert info == input_pipeline.DatasetInfo(
+      num_classes=10, num_train_examples=320, num_eval_examples=100)
+  # The default config is the full dataset.
+  full = tfds.builder('demo_shapes', data_dir=str(data_dir))
+  assert full.builder_config.name == 'full'
+  assert (full.builder_config.num_train,
+          full.builder_config.num_validation) == (8000, 1000)
+
+
+def test_demo_is_deterministic(data_dir, tmp_path):
+  data = _data_config(data_dir)
+  fresh = _data_config(tmp_path)
+  images, labels = _decoded(data, 'validation')
+  fresh_images, fresh_labels = _decoded(fresh, 'validation')
+  np.testing.assert_array_equal(labels, fresh_labels)
+  np.testing.assert_array_equal(images[0], fresh_images[0])
+  # Not trivially equal: the images differ from one another.
+  assert not np.array_equal(images[0], images[1])
+  assert images[0].std() > 10
+
+
+def test_demo_is_balanced_and_splits_differ(data_dir, train_images):
+  data = _data_config(data_dir)
+  _, train_labels = _decoded(data, 'train')
+  val_images, _ = _decoded(data, 'validation')
+  counts = collections.Counter(train_labels.tolist())
+  assert sorted(counts) == list(range(10))
+  assert min(counts.values()) >= 0.8 * 32 and max(counts.values()) <= 1.2 * 32
+  # Validation images are new draws, not copies of training images.
+  assert not any(np.array_equal(val_images[0], t) for t in train_images)
+
+
+# --- Training batches. ---
+
+
+def _locate(crop: np.ndarray, images: np.ndarray):
+  """Finds (index, top, left, flipped) such that `crop` is that window."""
+  size = crop.shape[0]
+  height = images.shape[1]
+  # Windows' first rows, first 8 pixels: (N, tops, lefts, 3, 8).
+  heads = np.lib.stride_tricks.sliding_window_view(
+      images[:, :height - size + 1], size, axis=2)[..., :8]
+  for flipped, target in ((False, crop), (True, crop[:, ::-1])):
+    # Match a few pixels first, then confirm candidates on the whole window.
+    diff = np.abs(heads - target[0, :8].T).max(axis=(-2, -1))
+    for index, top, left in zip(*np.nonzero(diff < 1e-2)):
+      window = images[index, top:top + size, left:left + size]
+      if np.abs(window - target).max() < 1e-2:
+        return int(index), int(top), int(left), flipped
+  return None
+
+
+def test_train_batch_shapes_and_dtypes(data_dir):
+  batch = next(input_pipeline.train_iterator(
+      _data_config(data_dir), batch_size=16, seed=0))
+  assert set(batch) == {'image', 'label'}
+  assert batch['image'].shape == (16, 64, 64, 3)
+  assert batch['image'].dtype == np.float32
+  assert batch['label'].shape == (16,)
+  assert batch['label'].dtype == np.int32
+  assert batch['label'].min() >= 0 and batch['label'].max() < 10
+
+
+def test_train_images_are_normalized_flipped_whole_images(data_dir,
+                                                           train_images):
+  # With image_size == resize_size the crop is the whole image, so each
+  # training image is a (possibly flipped) normalised dataset image.
+  data = _data_config(data_dir, image_size=80)
+  batch = next(input_pipeline.train_iterator(data, batch_size=32, seed=0))
+  references = _normalize(train_images)
+  flips = []
+  for image in batch['image']:
+    found = _locate(image, references)
+    assert found is not None
+    assert found[1:3] == (0, 0)
+    flips.append(found[3])
+  assert 0 < sum(flips) < len(flips)  # Both orientations occur.
+
+
+def test_train_crops_are_random_windows(data_dir, train_images):
+  data = _data_config(data_dir, image_size=64)
+  batch = next(input_pipeline.train_iterator(data, batch_size=8, seed=3))
+  references = _normalize(train_images)
+  offsets = set()
+  for image in batch['image']:
+    found = _locate(image, references)
+    assert found is not None, 'a training crop is not a window of any image'
+    offsets.add(found[1:3])
+  assert len(offsets) > 1
+  assert all(0 <= t <= 16 and 0 <= l <= 16 for t, l in offsets)
+
+
+def test_train_iterator_is_seeded(data_dir):
+  data = _data_config(data_dir)
+
+  def batches(seed, n=12):
+    # 12 batches of 32 cross the 320-example epoch boundary.
+    it = input_pipeline.train_iterator(data, batch_size=32, seed=seed)
+    return [next(it) for _ in range(n)]
+
+  a, b, c = batches(0), batches(0), batches(1)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x['image'], y['image'])
+    np.testing.assert_array_equal(x['label'], y['label'])
+  assert not np.array_equal(a[0]['image'], c[0]['image'])
+  assert not np.array_equal(a[0]['label'], c[0]['label'])
+  # The first epoch holds every example once (drop_remainder drops none).
+  first_epoch = np.concatenate([x['label'] for x in a[:10]])
+  _, labels = _decoded(data, 'train')
+  assert sorted(first_epoch.tolist()) == sorted(labels.tolist())
+
+
+def test_crop_larger_than_resize_is_rejected(data_dir):
+  data = _data_config(data_dir, image_size=96)
+  with pytest.raises(ValueError, match='image_size'):
+    input_pipeline.train_iterator(data, batch_size=8, seed=0)
+
+
+# --- Evaluation batches. ---
+
+
+def test_eval_is_exact_centre_crop_of_each_example_once(data_dir):
+  data = _data_config(data_dir, image_size=72)
+  images, labels = _decoded(data, 'validation')
+  batches = list(input_pipeline.eval_iterator(data, batch_size=32))
+  assert len(batches) == 4  # ceil(100 / 32)
+  for batch in batches:
+    assert set(batch) == {'image', 'label', 'mask'}
+    assert batch['image'].shape == (32, 72, 72, 3)
+    assert batch['image'].dtype == np.float32
+    assert batch['label'].dtype == np.int32
+    assert batch['mask'].dtype == np.float32
+  mask = np.concatenate([b['mask'] for b in batches])
+  assert mask.sum() == 100
+  np.testing.assert_array_equal(mask, np.arange(128) < 100)
+  real = mask > 0
+  got_images = np.concatenate([b['image'] for b in batches])[real]
+  got_labels = np.concatenate([b['label'] for b in batches])[real]
+  np.testing.assert_array_equal(got_labels, labels)
+  # resize_size 80 leaves the 80x80 images as they are; the centre 72
+  # crop starts at (4, 4).
+  np.testing.assert_allclose(
+      got_images, _normalize(images[:, 4:76, 4:76]), rtol=0, atol=1e-5)
+
+
+def test_eval_resizes_shorter_side(data_dir):
+  data = _data_config(data_dir, resize_size=120, image_size=100)
+  batch = next(input_pipeline.eval_iterator(data, batch_size=8))
+  assert batch['image'].shape == (8, 100, 100, 3)
+  assert batch['mask'].sum() == 8
+  # Upsampling keeps values inside the range of normalised pixels.
+  pixels = batch['image'] * np.float32(STD) + np.float32(MEAN)
+  assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3
+
+
+# --- Missing and unknown datasets. ---
+
+
+@pytest.fixture
+def no_downloads(monkeypatch):
+  def fail(*args, **kwargs):
+    raise AssertionError('download_and_prepare must not be called')
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', fail)
+
+
+def test_missing_imagenet_names_where_to_put_archives(tmp_path, no_downloads):
+  data = _data_config(tmp_path, name='imagenet2012')
+  with pytest.raises(input_pipeline.DatasetNotFoundError) as e:
+    input_pipeline.get_builder(data)
+  message = str(e.value)
+  assert 'imagenet2012' in message
+  assert str(tmp_path) in message
+  manual = os.path.join(str(tmp_path), 'downloads', 'manual')
+  assert os.path.join(manual, 'ILSVRC2012_img_train.tar') in message
+  assert os.path.join(manual, 'ILSVRC2012_img_val.tar') in message
+  assert isinstance(e.value, FileNotFoundError)
+  assert not (tmp_path / 'imagenet2012').exists()
+
+
+def test_missing_imagenet_with_custom_manual_dir(tmp_path, no_downloads):
+  manual = tmp_path / 'archives'
+  manual.mkdir()
+  (manual / 'ILSVRC2012_img_train.tar').touch()  # The val archive is missing.
+  data = _data_config(tmp_path / 'tfds', name='imagenet2012',
+                      manual_dir=str(manual))
+  with pytest.raises(input_pipeline.DatasetNotFoundError,
+                     match='ILSVRC2012_img_val.tar') as e:
+    input_pipeline.get_builder(data)
+  assert str(manual / 'ILSVRC2012_img_train.tar') in str(e.value)
+
+
+def test_imagenet_archives_present_prepares_from_manual_dir(tmp_path,
+                                                            monkeypatch):
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  for name in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar'):
+    (manual / name).touch()
+  calls = []
+
+  def record(self, *args, download_config=None, **kwargs):
+    calls.append((self.name, download_config))
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', record)
+  data = _data_config(tmp_path, name='imagenet2012', manual_dir=str(manual))
+  builder = input_pipeline.get_builder(data)
+  assert builder.name == 'imagenet2012'
+  assert len(calls) == 1
+  name, config = calls[0]
+  assert name == 'imagenet2012'
+  assert str(config.manual_dir) == str(manual)
+  assert not config.try_download_gcs
+
+
+def test_unknown_dataset(tmp_path, no_downloads):
+  data = _data_config(tmp_path, name='no_such_dataset_xyz')
+  with pytest.raises(input_pipeline.DatasetNotFoundError,
+                     match='no_such_dataset_xyz'):
+    input_pipeline.get_builder(data)
