@@ -1,5 +1,6 @@
 """Entry point: python main.py --config=configs/alexnet.py --workdir=DIR [--mode=...]."""
 
+import re
 import sys
 
 from absl import app, flags, logging
@@ -10,8 +11,10 @@ config_flags.DEFINE_config_file(
     'config', None, 'Training configuration; FILE:variants, e.g. '
     'configs/alexnet.py:lrn=off,pool=2x2.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for metrics, checkpoints and results.')
-flags.DEFINE_enum('mode', 'train', ['train', 'summary'],
-                  'train: train and evaluate; summary: print the layer table.')
+flags.DEFINE_enum(
+    'mode', 'train', ['train', 'summary', 'benchmark'],
+    'train: train and evaluate; summary: print the layer table; benchmark: '
+    'train-step img/s against the same network as a single tower.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -20,12 +23,16 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return FLAGS(argv)
   except (AttributeError, KeyError) as e:
-    key = str(e).strip('"\'')
+    # ml_collections reports a missing key as a nested, quoted KeyError.
+    key = re.search(r"'([\w.]+)", str(e))
+    key = key.group(1) if key else str(e)
+    hint = re.search(r'Did you mean "([\w.]+)"', str(e))
     culprits = [a for a in argv if a.startswith('--config.') and
                 key in a.split('=')[0].split('.')]
-    sys.exit(f'Error: unknown config key {key!r} in {" ".join(culprits) or argv}. '
-             'Check the spelling against the config file (README: config '
-             'reference); new keys must be added to the config, not overridden.')
+    sys.exit(f'Error: unknown config key {key!r} in {" ".join(culprits) or argv}.'
+             + (f' Did you mean {hint.group(1)!r}?' if hint else '') +
+             ' Keys are listed in the README (config reference); a new key must '
+             'be added to the config file, not only overridden.')
   except flags.Error as e:
     lines = str(e).strip().splitlines()
     # config_flags embeds the config file's traceback: keep its last line.
@@ -39,6 +46,10 @@ def main(argv):
   if FLAGS.mode == 'summary':
     import summary
     print(summary.summarize(FLAGS.config))
+    return
+  if FLAGS.mode == 'benchmark':
+    import benchmark
+    print(benchmark.report(FLAGS.config))
     return
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required for --mode=train.')
