@@ -1,14 +1,26 @@
-"""Host input pipeline: TFDS datasets to NumPy batches with tf.data.
+"""Host input pipeline: datasets to NumPy batches with tf.data.
 
-Training batches are randomly cropped and flipped as in the paper; evaluation
-batches are centre crops. Both are normalised with the config's per-channel
-mean and std. Each process reads its own shard of the split
-(`tfds.split_for_jax_process`); `batch_size` here is the per-process batch.
+Sources: any TFDS image-classification dataset (`data.name`, e.g.
+imagenet2012 from its manually downloaded archives, or the embedded
+`demo_shapes`), a folder of images with one sub-folder per class
+(`data.image_folder`, image_folder.py), or the 256x256 copy that
+`--mode=prepare` writes (`data.prepared_dir`, prepare_data.py).
 
-The embedded `demo_shapes` dataset (demo_dataset.py) is generated on first
-use. Other datasets must already be prepared, or, for manual datasets such as
-imagenet2012, have their archives in the manual directory; this module never
-downloads anything.
+Preprocessing is the paper's: the shorter side scaled to `resize_size` and
+the central square kept, the mean subtracted (per channel, or the per-pixel
+mean image of a stats file), then for training a random `image_size` crop,
+a horizontal reflection and PCA lighting, and for evaluation the centre crop
+or the ten crops (corners, centre and their reflections).
+
+Each process reads a disjoint shard; `batch_size` here is the per-process
+batch. The training stream is a pure function of (seed, process, epoch):
+epoch e is the shard shuffled with a seed derived from them, and each
+example's crop, flip and lighting are drawn from that seed and the example's
+position in the epoch. So a run resumed at step k computes where step k lies
+and skips to it without decoding what it skips.
+
+Nothing here downloads: TFDS datasets must be prepared, or be preparable from
+a manual directory (imagenet2012), or be the embedded demo.
 """
 
 from __future__ import annotations
@@ -16,15 +28,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 import demo_dataset  # noqa: F401  (registers `demo_shapes` with TFDS)
+import image_folder
 
 DEMO_NAME = 'demo_shapes'
 
@@ -126,60 +140,262 @@ def get_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   raise DatasetNotFoundError(_not_found_message(builder, manual_dir))
 
 
+# ---------------------------------------------------------------------------
+# Sources: TFDS datasets and image folders behind one interface.
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A dataset as this process sees it.
+
+  `read(split, shuffle_seed)` gives this process's shard of `split` as
+  {'image': encoded bytes, 'label': int} examples, in a fixed order without a
+  seed, or shuffled as a function of the seed.
+  """
+  num_classes: int
+  num_examples: Callable[[str], int]   # over all processes
+  read: Callable[[str, int | None], tf.data.Dataset]
+
+
+def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options)
+
+
+def _tfds_source(data: ml_collections.ConfigDict) -> Source:
+  builder = get_builder(data)
+
+  def read(split: str, shuffle_seed: int | None) -> tf.data.Dataset:
+    read_config = tfds.ReadConfig(
+        shuffle_seed=shuffle_seed,
+        # A fixed interleaving order keeps seeded epochs repeatable.
+        interleave_cycle_length=16, interleave_block_length=1)
+    ds = builder.as_dataset(
+        split=tfds.split_for_jax_process(split),
+        shuffle_files=shuffle_seed is not None,
+        decoders={'image': tfds.decode.SkipDecoding()},
+        read_config=read_config)
+    ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
+    if shuffle_seed is not None:
+      # Records are read file by file; the buffer mixes neighbouring files.
+      ds = ds.shuffle(data.shuffle_buffer, seed=shuffle_seed)
+    return _deterministic(ds)
+
+  return Source(num_classes=builder.info.features['label'].num_classes,
+                num_examples=lambda split: builder.info.splits[split].num_examples,
+                read=read)
+
+
+def _folder_source(root: str, val_fraction: float,
+                   split_names: dict[str, str] | None = None) -> Source:
+  """`split_names` maps config split names to the folder's, where they differ."""
+  folder = image_folder.scan(root, val_fraction=val_fraction)
+  rename = lambda split: (split_names or {}).get(split, split)
+
+  def read(split: str, shuffle_seed: int | None) -> tf.data.Dataset:
+    return _deterministic(folder.read(
+        rename(split), process_index=jax.process_index(),
+        process_count=jax.process_count(), shuffle_seed=shuffle_seed))
+
+  return Source(num_classes=len(folder.class_names),
+                num_examples=lambda split: folder.num_examples(rename(split)),
+                read=read)
+
+
+def get_source(data: ml_collections.ConfigDict) -> Source:
+  """The configured source: prepared_dir, else image_folder, else TFDS."""
+  if data.prepared_dir:
+    if not os.path.isdir(data.prepared_dir):
+      raise DatasetNotFoundError(
+          f'data.prepared_dir={data.prepared_dir!r} does not exist; write it '
+          'with --mode=prepare (same config), or unset it to read the source '
+          'directly.')
+    # prepare_data.py writes train_split to train/ and eval_split to validation/.
+    return _folder_source(data.prepared_dir, 0.0, {
+        data.train_split: 'train', data.eval_split: 'validation'})
+  if data.image_folder:
+    return _folder_source(data.image_folder, data.val_fraction)
+  return _tfds_source(data)
+
+
 def dataset_info(data: ml_collections.ConfigDict) -> DatasetInfo:
   """Number of classes and of train / eval examples (over all processes)."""
-  info = get_builder(data).info
+  source = get_source(data)
   return DatasetInfo(
-      num_classes=info.features['label'].num_classes,
-      num_train_examples=info.splits[data.train_split].num_examples,
-      num_eval_examples=info.splits[data.eval_split].num_examples)
+      num_classes=source.num_classes,
+      num_train_examples=source.num_examples(data.train_split),
+      num_eval_examples=source.num_examples(data.eval_split))
+
+
+# ---------------------------------------------------------------------------
+# Normalisation statistics.
+
+STATS_KEYS = ('mean_image', 'mean_rgb', 'std_rgb', 'eigval', 'eigvec',
+              'num_images')
+
+
+def load_stats(path: str) -> dict[str, np.ndarray]:
+  """Reads a file written by `--mode=stats` (data_stats.py)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'Stats file {path!r} does not exist; write it with --mode=stats '
+        '(same data config), or unset data.stats_file.')
+  with np.load(path) as f:
+    missing = set(STATS_KEYS) - set(f.files)
+    if missing:
+      raise ValueError(f'{path!r} lacks {sorted(missing)}; rewrite it with '
+                       '--mode=stats.')
+    return {k: f[k] for k in STATS_KEYS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+  """x -> (x - mean) / std on 0-255 pixels; PCA lighting in [0, 1] units."""
+  mean: np.ndarray     # (3,) or the mean image (resize_size, resize_size, 3)
+  std: np.ndarray      # (3,)
+  eigval: np.ndarray   # (3,)
+  eigvec: np.ndarray   # (3, 3), eigenvectors as columns
+
+
+def normalization(data: ml_collections.ConfigDict) -> Normalization:
+  """The config's normalisation; a stats file replaces mean and PCA."""
+  mean = np.float32(data.mean_rgb)
+  eigval, eigvec = np.float32(data.eigval), np.float32(data.eigvec)
+  if data.stats_file:
+    stats = load_stats(data.stats_file)
+    mean, eigval, eigvec = stats['mean_rgb'], stats['eigval'], stats['eigvec']
+    if data.mean_image:
+      mean = stats['mean_image']
+      if mean.shape != (data.resize_size, data.resize_size, 3):
+        raise ValueError(
+            f'The mean image in {data.stats_file!r} is {mean.shape[:2]}, but '
+            f'data.resize_size is {data.resize_size}; recompute it with '
+            '--mode=stats at this resize_size.')
+  elif data.mean_image:
+    raise ValueError('data.mean_image=True needs the per-pixel mean of a stats '
+                     'file: run --mode=stats and set data.stats_file.')
+  return Normalization(mean=np.float32(mean), std=np.float32(data.std_rgb),
+                       eigval=np.float32(eigval), eigvec=np.float32(eigvec))
 
 
 # ---------------------------------------------------------------------------
 # Per-example preprocessing.
 
 
-def _decode(encoded: tf.Tensor) -> tf.Tensor:
-  # decode_image rather than decode_jpeg: ImageNet holds a PNG named .JPEG
-  # and grayscale images; channels=3 makes them all RGB.
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+_JPEG_RATIOS = (1, 2, 4, 8)  # the downscalings libjpeg does while decoding
+_MCU = 16  # the largest JPEG block (4:2:0 chroma subsampling), in pixels
+
+
+def _shape(encoded: tf.Tensor, is_jpeg: tf.Tensor) -> tf.Tensor:
+  """(height, width) without decoding JPEGs."""
+  return tf.cond(
+      is_jpeg, lambda: tf.io.extract_jpeg_shape(encoded)[:2],
+      lambda: tf.shape(tf.io.decode_image(encoded, expand_animations=False))[:2])
+
+
+def decode_crop(encoded: tf.Tensor, *, resize_size: int, top: tf.Tensor,
+                left: tf.Tensor, size: int,
+                flip: tf.Tensor | bool = False) -> tf.Tensor:
+  """A window of the image as the paper stored it; float32 0-255 pixels.
+
+  The paper's view of an image is its central square scaled to
+  (resize_size, resize_size); this returns that view's (size, size) window
+  at (top, left). It maps the window back onto the encoded image and decodes
+  only that, letting libjpeg shrink by 2, 4 or 8 while decoding where the
+  window is that much larger than `size`; bilinear resampling does the rest
+  (never more than 2x, so without aliasing). Up to a fraction of a source
+  pixel in where the window falls, this is scaling then cropping, at a
+  fraction of the cost. `flip` reflects the window horizontally (on the
+  decoded bytes, the cheapest place). Non-JPEG files (PNGs named .JPEG, ...) are decoded
+  whole; grayscale and CMYK files come out RGB.
+  """
+  is_jpeg = tf.io.is_jpeg(encoded)
+  shape = _shape(encoded, is_jpeg)
+  square = tf.reduce_min(shape)
+  scale = tf.cast(square, tf.float32) / resize_size
+  side = tf.cast(size, tf.float32) * scale
+  # The largest decode-time shrink that keeps the window at least `size`.
+  ratio_index = tf.reduce_sum(tf.cast(
+      side / tf.constant(_JPEG_RATIOS[1:], tf.float32) >= size, tf.int32))
+  ratio_index = tf.where(is_jpeg, ratio_index, 0)
+  ratio = tf.gather(tf.constant(_JPEG_RATIOS), ratio_index)
+  # The window in the coordinates of the shrunk image (ceil: libjpeg's size).
+  scaled_shape = -(-shape // ratio)
+  corner = tf.stack([(shape[0] - square) // 2 + tf.cast(
+      tf.cast(top, tf.float32) * scale, tf.int32),
+                     (shape[1] - square) // 2 + tf.cast(
+      tf.cast(left, tf.float32) * scale, tf.int32)]) // ratio
+  window_side = tf.maximum(1, tf.cast(tf.round(side / tf.cast(ratio, tf.float32)), tf.int32))
+  window_side = tf.reduce_min(tf.concat([[window_side], scaled_shape - corner], 0))
+  # libjpeg-turbo's chroma upsampling differs at a cropped edge; a margin of
+  # one MCU makes the window's pixels those of a full decode.
+  low = tf.maximum(corner - _MCU, 0)
+  high = tf.minimum(corner + window_side + _MCU, scaled_shape)
+  region = tf.concat([low, high - low], 0)
+
+  def jpeg(r):
+    return lambda: tf.io.decode_and_crop_jpeg(encoded, region, channels=3, ratio=r)
+
+  def other():
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    return image[low[0]:high[0], low[1]:high[1]]
+
+  image = tf.cond(is_jpeg,
+                  lambda: tf.switch_case(ratio_index, [jpeg(r) for r in _JPEG_RATIOS]),
+                  other)
+  top, left = tf.unstack(corner - low)
+  image = image[top:top + window_side, left:left + window_side]
+  # tf.reverse: a negative-stride slice is several times slower.
+  image = tf.cond(tf.convert_to_tensor(flip), lambda: tf.reverse(image, [1]),
+                  lambda: image)
   image.set_shape([None, None, 3])
-  return image
+  # An exact fit (prepared 256x256 images, crops of them) is not resampled;
+  # large non-JPEGs shrink more than 2x and need antialiasing.
+  image = tf.case([
+      (window_side == size, lambda: tf.cast(image, tf.float32)),
+      (window_side > 2 * size, lambda: tf.image.resize(
+          image, [size, size], method='bilinear', antialias=True))],
+      default=lambda: tf.image.resize(image, [size, size], method='bilinear'))
+  return tf.ensure_shape(image, [size, size, 3])
 
 
-def _resize_shorter_side(image: tf.Tensor, size: int) -> tf.Tensor:
-  """Scales `image` so that its shorter side is `size`; returns float32."""
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  scale = size / tf.reduce_min(shape)
-  # max() guards against the shorter side rounding below `size`.
-  new_shape = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
-  # Antialiasing matters when shrinking large photos; it is a no-op otherwise.
-  return tf.image.resize(image, new_shape, method='bilinear', antialias=True)
+def decode_central_square(encoded: tf.Tensor, size: int) -> tf.Tensor:
+  """The paper's view: shorter side scaled to `size`, the central square."""
+  return decode_crop(encoded, resize_size=size, top=0, left=0, size=size)
 
 
-def _random_crop_and_flip(image: tf.Tensor, size: int,
-                          seed: tf.Tensor) -> tf.Tensor:
-  crop_seed, flip_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, num=2))
-  image = tf.image.stateless_random_crop(image, [size, size, 3], seed=crop_seed)
-  return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+def lighting_offset(alpha: tf.Tensor, eigval, eigvec) -> tf.Tensor:
+  """The paper's PCA lighting, sum_i alpha_i l_i p_i, in 0-255 pixel units.
+
+  eigval and eigvec describe pixels scaled to [0, 1], hence the 255.
+  """
+  eigvec = tf.constant(eigvec, tf.float32)
+  return 255.0 * tf.linalg.matvec(eigvec, alpha * tf.constant(eigval, tf.float32))
+
+
+def random_lighting_offset(seed: tf.Tensor, sigma: float, eigval,
+                           eigvec) -> tf.Tensor:
+  """lighting_offset with alpha_i ~ N(0, sigma) drawn from `seed`."""
+  alpha = sigma * tf.random.stateless_normal([3], seed=seed)
+  return lighting_offset(alpha, eigval, eigvec)
+
+
+def ten_crops(image: tf.Tensor, size: int) -> tf.Tensor:
+  """The paper's test patches: 4 corners, centre, then their reflections.
+
+  Returns (10, size, size, C) from a square image.
+  """
+  far = tf.shape(image)[0] - size
+  mid = far // 2
+  corners = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
+  crops = tf.stack([image[t:t + size, l:l + size] for t, l in corners])
+  return tf.concat([crops, crops[:, :, ::-1]], axis=0)
 
 
 def _centre_crop(image: tf.Tensor, size: int) -> tf.Tensor:
-  shape = tf.shape(image)
-  top = (shape[0] - size) // 2
-  left = (shape[1] - size) // 2
-  return image[top:top + size, left:left + size]
-
-
-def _normalize(image: tf.Tensor, mean_rgb, std_rgb) -> tf.Tensor:
-  mean = tf.constant(mean_rgb, tf.float32)
-  std = tf.constant(std_rgb, tf.float32)
-  return (tf.cast(image, tf.float32) - mean) / std
-
-
-# ---------------------------------------------------------------------------
-# Datasets.
+  offset = (tf.shape(image)[0] - size) // 2
+  return image[offset:offset + size, offset:offset + size]
 
 
 def _check_sizes(data: ml_collections.ConfigDict) -> None:
@@ -190,93 +406,194 @@ def _check_sizes(data: ml_collections.ConfigDict) -> None:
         'resized image.')
 
 
-def _read(builder: tfds.core.DatasetBuilder, split: str, *, shuffle: bool,
-          seed: int | None = None) -> tf.data.Dataset:
-  """This process's shard of `split` as (encoded image, label) examples."""
-  read_config = tfds.ReadConfig(
-      shuffle_seed=seed,
-      # Keep file interleaving in a fixed order so seeded runs repeat.
-      interleave_cycle_length=16, interleave_block_length=1)
-  ds = builder.as_dataset(
-      split=tfds.split_for_jax_process(split),
-      shuffle_files=shuffle,
-      decoders={'image': tfds.decode.SkipDecoding()},
-      read_config=read_config)
-  options = tf.data.Options()
-  options.deterministic = True
-  return ds.with_options(options)
+def _normalized_square(encoded: tf.Tensor, data: ml_collections.ConfigDict,
+                       norm: Normalization) -> tf.Tensor:
+  # Normalising before cropping is what lets a per-pixel mean image line up.
+  image = decode_central_square(encoded, data.resize_size)
+  return (image - norm.mean) / norm.std
 
 
-def train_iterator(data: ml_collections.ConfigDict, *, batch_size: int,
-                   seed: int) -> Iterator[Batch]:
+def _skip_or_explain(ds: tf.data.Dataset,
+                     data: ml_collections.ConfigDict) -> tf.data.Dataset:
+  # Failed decodes drop the example; callers count the gaps.
+  return ds.ignore_errors() if data.skip_corrupt else ds
+
+
+def _explain_errors(batches: Iterator[Batch]) -> Iterator[Batch]:
+  try:
+    yield from batches
+  except tf.errors.InvalidArgumentError as e:
+    raise ValueError(
+        f'An image failed to decode: {e.message.splitlines()[0]}. Set '
+        '--config.data.skip_corrupt=True to skip (and count) such images.'
+    ) from e
+
+
+# ---------------------------------------------------------------------------
+# Training.
+
+
+def steps_per_epoch(data: ml_collections.ConfigDict, batch_size: int) -> int:
+  """Batches each process draws per epoch, the same on every process.
+
+  `batch_size` is per process; the smallest shard decides, and the epoch's
+  last partial batch is dropped (a different remainder every epoch).
+  """
+  return _steps_per_epoch(get_source(data), data.train_split, batch_size)
+
+
+def _steps_per_epoch(source: Source, split: str, batch_size: int) -> int:
+  return source.num_examples(split) // jax.process_count() // batch_size
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+  """The seed of one process's epoch: shuffle order and augmentation."""
+  return int(np.random.SeedSequence(
+      [seed, jax.process_index(), epoch]).generate_state(1)[0])
+
+
+class TrainIterator(Iterator[Batch]):
   """Endless augmented training batches of this process's shard.
 
   Yields {'image': float32 (batch_size, S, S, 3), 'label': int32
-  (batch_size,)} with S = data.image_size. The same seed (and process layout)
-  gives the same batches.
+  (batch_size,)} with S = data.image_size. `skipped` counts the images that
+  failed to decode so far (with data.skip_corrupt).
   """
-  _check_sizes(data)
-  # Different processes read different shards and draw different crops.
-  seed = seed * jax.process_count() + jax.process_index()
-  ds = _read(get_builder(data), data.train_split, shuffle=True, seed=seed)
-  ds = ds.shuffle(data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-  ds = ds.repeat()
-  # The element's position in the endless stream seeds its augmentation, so
-  # the draws do not depend on thread scheduling.
-  ds = ds.enumerate()
 
-  def preprocess(index, example):
-    element_seed = tf.stack([tf.cast(seed, tf.int64), index])
-    image = _decode(example['image'])
-    image = _resize_shorter_side(image, data.resize_size)
-    image = _random_crop_and_flip(image, data.image_size, element_seed)
-    return {'image': _normalize(image, data.mean_rgb, data.std_rgb),
-            'label': tf.cast(example['label'], tf.int32)}
+  def __init__(self, data: ml_collections.ConfigDict, *, batch_size: int,
+               seed: int, start_step: int = 0):
+    _check_sizes(data)
+    self._data = data
+    self._batch_size = batch_size
+    self._seed = seed
+    self._source = get_source(data)
+    self._norm = normalization(data)
+    self._steps_per_epoch = _steps_per_epoch(self._source, data.train_split,
+                                             batch_size)
+    if self._steps_per_epoch < 1:
+      raise ValueError(
+          f'Each process has fewer than batch_size={batch_size} training '
+          'examples; lower the batch size.')
+    self.skipped = 0
+    self._batches = _explain_errors(self._stream(start_step))
 
-  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(batch_size, drop_remainder=True)
-  ds = ds.prefetch(data.prefetch)
-  return iter(tfds.as_numpy(ds))
+  def __next__(self) -> Batch:
+    return next(self._batches)
+
+  def _stream(self, start_step: int) -> Iterator[Batch]:
+    epoch, step_in_epoch = divmod(start_step, self._steps_per_epoch)
+    while True:
+      first = step_in_epoch * self._batch_size
+      expected = first
+      for batch in tfds.as_numpy(self._epoch(epoch, first)):
+        index = batch.pop('index')
+        # Examples missing before this batch's last one failed to decode.
+        skipped = int(index[-1]) + 1 - expected - len(index)
+        if skipped:
+          self.skipped += skipped
+          logging.warning('Skipped %d undecodable training image(s); %d so far.',
+                          skipped, self.skipped)
+        expected = int(index[-1]) + 1
+        yield batch
+      epoch, step_in_epoch = epoch + 1, 0
+
+  def _epoch(self, epoch: int, first: int) -> tf.data.Dataset:
+    """Epoch `epoch` from its example `first` on, as batches."""
+    data, norm = self._data, self._norm
+    epoch_seed = _epoch_seed(self._seed, epoch)
+    # Skipping happens on encoded records, before any decoding.
+    ds = self._source.read(data.train_split, epoch_seed).skip(first)
+    ds = ds.enumerate(start=first)
+
+    size = data.image_size
+
+    def preprocess(index, example):
+      seed = tf.random.experimental.stateless_split(
+          tf.stack([tf.constant(epoch_seed, tf.int64), index]), num=3)
+      # The random crop of the resize_size square; only its window is decoded.
+      top, left = tf.unstack(tf.random.stateless_uniform(
+          [2], seed=seed[0], maxval=data.resize_size - size + 1,
+          dtype=tf.int32))
+      flip = tf.random.stateless_uniform([], seed=seed[1]) < 0.5
+      image = decode_crop(example['image'], resize_size=data.resize_size,
+                          top=top, left=left, size=size, flip=flip)
+      shift = -tf.constant(norm.mean)
+      if norm.mean.ndim == 3:  # the mean image's window under the crop
+        shift = tf.slice(shift, [top, left, 0], [size, size, 3])
+        shift = tf.cond(flip, lambda: tf.reverse(shift, [1]), lambda: shift)
+      if data.pca_sigma > 0:
+        shift += random_lighting_offset(
+            seed[2], data.pca_sigma, norm.eigval, norm.eigvec)
+      # (x - mean + lighting) / std in as few passes over the pixels as can
+      # be: elementwise ops cost a quarter of the decoding here.
+      if np.any(norm.std != 1):
+        image = image * (1 / norm.std)
+      image = image + shift / norm.std
+      return {'image': image, 'label': tf.cast(example['label'], tf.int32),
+              'index': index}
+
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _skip_or_explain(ds, data)
+    ds = ds.batch(self._batch_size, drop_remainder=True)
+    ds = ds.take(self._steps_per_epoch - first // self._batch_size)
+    return ds.prefetch(data.prefetch)
 
 
-def _eval_batches_per_process(builder: tfds.core.DatasetBuilder, split: str,
-                              batch_size: int) -> int:
+def train_iterator(data: ml_collections.ConfigDict, *, batch_size: int,
+                   seed: int, start_step: int = 0) -> TrainIterator:
+  """Training batches from step `start_step` on (see TrainIterator).
+
+  The stream from `start_step` equals an uninterrupted run's from that step,
+  as long as no image before it in its epoch failed to decode.
+  """
+  return TrainIterator(data, batch_size=batch_size, seed=seed,
+                       start_step=start_step)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation.
+
+
+def _eval_batches_per_process(num_examples: int, batch_size: int) -> int:
   # Shards differ in size by at most one example; padding every process to
   # the largest shard keeps them in step for collective evaluation steps.
-  largest = math.ceil(builder.info.splits[split].num_examples /
-                      jax.process_count())
+  largest = math.ceil(num_examples / jax.process_count())
   return math.ceil(largest / batch_size)
 
 
-def eval_iterator(data: ml_collections.ConfigDict, *,
-                  batch_size: int) -> Iterator[Batch]:
-  """One pass of centre-cropped batches over this process's shard.
+def eval_iterator(data: ml_collections.ConfigDict, *, batch_size: int,
+                  ten_crop: bool = False) -> Iterator[Batch]:
+  """One pass over this process's shard of the evaluation split.
 
-  Yields {'image': float32 (batch_size, S, S, 3), 'label': int32
-  (batch_size,), 'mask': float32 (batch_size,)}; every example appears exactly
-  once with mask 1, and padding (mask 0) fills the last batch. All processes
-  yield the same number of batches.
+  Yields {'image': float32 (batch_size, S, S, 3), or (batch_size, 10, S, S, 3)
+  with `ten_crop`, 'label': int32 (batch_size,), 'mask': float32
+  (batch_size,)}; every example appears exactly once with mask 1, and padding
+  (mask 0) fills the last batches. All processes yield the same number of
+  batches. An image that fails to decode (with data.skip_corrupt) is left out,
+  which the mask's sum shows.
   """
   _check_sizes(data)
-  builder = get_builder(data)
-  ds = _read(builder, data.eval_split, shuffle=False)
+  source = get_source(data)
+  norm = normalization(data)
+  size = data.image_size
 
   def preprocess(example):
-    image = _decode(example['image'])
-    image = _resize_shorter_side(image, data.resize_size)
-    image = _centre_crop(image, data.image_size)
-    return {'image': _normalize(image, data.mean_rgb, data.std_rgb),
+    image = _normalized_square(example['image'], data, norm)
+    image = ten_crops(image, size) if ten_crop else _centre_crop(image, size)
+    return {'image': image,
             'label': tf.cast(example['label'], tf.int32),
             'mask': tf.constant(1.0, tf.float32)}
 
-  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  size = data.image_size
+  ds = source.read(data.eval_split, None)
+  ds = _skip_or_explain(
+      ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE), data)
+  shape = [10, size, size, 3] if ten_crop else [size, size, 3]
   padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros([size, size, 3], tf.float32),
+      'image': tf.zeros(shape, tf.float32),
       'label': tf.constant(0, tf.int32),
       'mask': tf.constant(0.0, tf.float32)}).repeat()
-  num_batches = _eval_batches_per_process(builder, data.eval_split, batch_size)
+  num_batches = _eval_batches_per_process(
+      source.num_examples(data.eval_split), batch_size)
   ds = ds.concatenate(padding).take(num_batches * batch_size)
-  ds = ds.batch(batch_size, drop_remainder=True)
-  ds = ds.prefetch(data.prefetch)
-  return iter(tfds.as_numpy(ds))
+  ds = ds.batch(batch_size, drop_remainder=True).prefetch(data.prefetch)
+  return _explain_errors(iter(tfds.as_numpy(ds)))

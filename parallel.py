@@ -8,17 +8,49 @@ rule table, not a code path.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+from absl import logging
 import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from models.layers import LOGICAL_AXES
+
 MESH_AXES = ('data', 'model')
 
-Rules = Sequence[tuple[str, str | None]]
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+
+def _cluster_detected() -> bool:
+  """Whether this process is one of several that a cluster manager started."""
+  env = os.environ
+  return (int(env.get('SLURM_NTASKS', '1')) > 1
+          or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
+          or ',' in env.get('TPU_WORKER_HOSTNAMES', ''))
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Starts JAX's multi-process runtime when there are several processes.
+
+  Explicit arguments win; otherwise SLURM, Open MPI and multi-host Cloud TPU
+  are detected by jax.distributed itself. A single process does nothing.
+  """
+  explicit = coordinator_address is not None
+  if not explicit and not _cluster_detected():
+    return
+  # CPU devices of several processes talk through gloo (no-op on GPU/TPU).
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
+  logging.info('Process %d of %d; %d local and %d global devices.',
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict,
@@ -44,20 +76,52 @@ def make_mesh(mesh_config: ml_collections.ConfigDict,
 
 
 def check_rules(rules: Rules) -> None:
-  """Fails on a rule that maps to an axis the mesh does not have."""
-  for logical, mesh_axis in rules:
-    if mesh_axis is not None and mesh_axis not in MESH_AXES:
-      raise ValueError(f'Axis rule ({logical!r}, {mesh_axis!r}) names mesh axis '
-                       f'{mesh_axis!r}; the mesh axes are {MESH_AXES}.')
+  """Fails on a rule whose logical or mesh axis does not exist."""
+  for logical, mesh_axes in rules:
+    if logical not in LOGICAL_AXES:
+      raise ValueError(
+          f'Axis rule ({logical!r}, {mesh_axes!r}) names logical axis {logical!r}, '
+          f'which the model does not use; known: {", ".join(sorted(LOGICAL_AXES))}.')
+    for axis in _as_tuple(mesh_axes):
+      if axis not in MESH_AXES:
+        raise ValueError(f'Axis rule ({logical!r}, {mesh_axes!r}) names mesh axis '
+                         f'{axis!r}; the mesh axes are {MESH_AXES}.')
 
 
-def check_batch(batch_size: int, mesh: Mesh, what: str = 'batch_size') -> None:
-  shards = mesh.shape['data']
-  if batch_size % shards or batch_size % jax.process_count():
+def _as_tuple(mesh_axes: str | tuple[str, ...] | None) -> tuple[str, ...]:
+  if mesh_axes is None:
+    return ()
+  return (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+
+
+def batch_axes(rules: Rules) -> tuple[str, ...]:
+  """The mesh axes a batch's leading axis is split over."""
+  return _as_tuple(nn.logical_to_mesh_axes(('batch',), list(rules))[0])
+
+
+def check_batch(batch_size: int, mesh: Mesh, rules: Rules,
+                what: str = 'batch_size') -> None:
+  axes = batch_axes(rules)
+  shards = int(np.prod([mesh.shape[a] for a in axes]))
+  multiple = int(np.lcm(shards, jax.process_count()))
+  if batch_size % multiple:
     raise ValueError(
         f'{what}={batch_size} is not divisible by the {shards} devices of the '
-        f"mesh's 'data' axis (and {jax.process_count()} processes); set "
-        f'--config.{what} to a multiple of {np.lcm(shards, jax.process_count())}.')
+        f"mesh's {'x'.join(axes) or 'batch'} axes (and {jax.process_count()} "
+        f'processes); set --config.{what} to a multiple of {multiple}.')
+
+
+def check_divisible(abstract_tree: Any, shardings: Any) -> None:
+  """Fails at start-up on a dimension that does not split over its mesh axes."""
+  leaves = jax.tree_util.tree_leaves_with_path(abstract_tree)
+  for (path, leaf), sharding in zip(leaves, jax.tree.leaves(shardings)):
+    for dim, axes in zip(leaf.shape, sharding.spec):
+      size = int(np.prod([sharding.mesh.shape[a] for a in _as_tuple(axes)]))
+      if dim % size:
+        raise ValueError(
+            f'{jax.tree_util.keystr(path)} has a dimension of {dim}, which does '
+            f'not split over mesh axes {axes} of size {size}; choose a mesh '
+            'whose model axis divides it (e.g. --config.mesh.model=2).')
 
 
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
@@ -66,12 +130,14 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
   Unboxed leaves (step counters, schedule state) are replicated.
   """
   specs = nn.get_partition_spec(abstract_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, list(rules))
+  check_divisible(nn.meta.unbox(abstract_tree), shardings)
+  return shardings
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Batches are split over 'data' along their leading axis."""
-  return NamedSharding(mesh, P('data'))
+def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
+  """Batches are split along their leading axis as the 'batch' rule says."""
+  return NamedSharding(mesh, P(batch_axes(rules) or None))
 
 
 def global_batch(local_batch: dict[str, np.ndarray],

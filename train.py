@@ -18,8 +18,10 @@ from absl import logging
 from clu import metric_writers, metrics, periodic_actions
 from optax.contrib import ReduceLROnPlateauState
 
+import checkpointing
 import input_pipeline
 import lr_schedule
+import metric_log
 import parallel
 from models import AlexNet
 
@@ -63,14 +65,17 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
 
 
 def classification_outputs(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
-  """Per-example cross-entropy loss and top-1 / top-5 errors."""
-  k = min(5, logits.shape[-1])
-  top_k = jax.lax.top_k(logits, k)[1]
-  hits = top_k == labels[:, None]
+  """Per-example cross-entropy loss and top-1 / top-5 errors.
+
+  The label's rank (how many classes score higher) gives both errors without
+  top_k, which XLA's partitioner would gather across the batch shards.
+  """
+  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  rank = jnp.sum(logits > label_logit, axis=-1)
   return dict(
       loss=optax.softmax_cross_entropy_with_integer_labels(logits, labels),
-      top1_error=1.0 - hits[:, 0].astype(jnp.float32),
-      top5_error=1.0 - hits.any(axis=-1).astype(jnp.float32))
+      top1_error=(rank >= 1).astype(jnp.float32),
+      top5_error=(rank >= 5).astype(jnp.float32))
 
 
 def _variables(state: TrainState, params: Any) -> dict[str, Any]:
@@ -106,7 +111,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
               model: nn.Module) -> EvalMetrics:
-  logits = model.apply(_variables(state, state.params), batch['image'], train=False)
+  images = batch['image']
+  if images.ndim == 5:
+    # (batch, crops, H, W, C): the paper's test averages the crops' softmax;
+    # log of that mean, taken stably, stands in for the logits.
+    logits = model.apply(_variables(state, state.params),
+                         images.reshape(-1, *images.shape[2:]), train=False)
+    log_probs = jax.nn.log_softmax(logits).reshape(*images.shape[:2], -1)
+    logits = jax.nn.logsumexp(log_probs, axis=1) - jnp.log(images.shape[1])
+  else:
+    logits = model.apply(_variables(state, state.params), images, train=False)
   return EvalMetrics.single_from_model_output(
       mask=batch['mask'], **classification_outputs(logits, batch['label']))
 
@@ -117,8 +131,9 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                steps_per_epoch: int):
     parallel.check_rules(config.axis_rules)
-    parallel.check_batch(config.batch_size, mesh)
-    parallel.check_batch(config.eval_batch_size, mesh, 'eval_batch_size')
+    parallel.check_batch(config.batch_size, mesh, config.axis_rules)
+    parallel.check_batch(config.eval_batch_size, mesh, config.axis_rules,
+                         'eval_batch_size')
     self.config = config
     self.mesh = mesh
     self.rules = list(config.axis_rules)
@@ -126,7 +141,7 @@ class Trainer:
     self.tx = create_optimizer(config)
     self.learning_rate = lr_schedule.LearningRate(
         config.optimizer, config.schedule, steps_per_epoch)
-    self.batch_sharding = parallel.batch_sharding(mesh)
+    self.batch_sharding = parallel.batch_sharding(mesh, self.rules)
 
     image_size = config.data.image_size
     self._init = functools.partial(self._boxed_state, image_size=image_size)
@@ -154,7 +169,9 @@ class Trainer:
 
   def _boxed_state(self, rng: jax.Array, image_size: int) -> TrainState:
     params_rng, dropout_rng = jax.random.split(rng)
-    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    # One example per batch shard, so sharded layers see a divisible batch.
+    shards = int(np.prod([self.mesh.shape[a] for a in parallel.batch_axes(self.rules)]))
+    dummy = jnp.zeros((shards, image_size, image_size, 3), jnp.float32)
     variables = self.model.init(params_rng, dummy, train=False)
     params = variables['params']
     return TrainState(
@@ -166,6 +183,26 @@ class Trainer:
   def init(self, seed: int) -> TrainState:
     with self._context():
       return self._p_init(jax.random.PRNGKey(seed))
+
+  def abstract_state(self) -> TrainState:
+    """The state's shapes, dtypes and shardings on this mesh, computing nothing.
+
+    Restoring a checkpoint into it reshards the saved state onto this mesh.
+    """
+    with self._context():
+      return jax.eval_shape(self._p_init, jax.random.PRNGKey(0))
+
+  def lower_train_step(self) -> jax.stages.Lowered:
+    """The train step lowered for this mesh on abstract inputs (no data, no init)."""
+    size = self.config.data.image_size
+    batch = self.config.batch_size
+    with self._context():
+      state = jax.eval_shape(self._p_init, jax.random.PRNGKey(0))
+      return self._p_train_step.lower(state, {
+          'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32,
+                                        sharding=self.batch_sharding),
+          'label': jax.ShapeDtypeStruct((batch,), jnp.int32,
+                                        sharding=self.batch_sharding)})
 
   def train_step(self, state: TrainState,
                  batch: dict[str, np.ndarray]) -> tuple[TrainState, TrainMetrics]:
@@ -227,13 +264,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
 
   trainer = Trainer(config, mesh, steps_per_epoch)
-  state = trainer.init(config.seed)
-  logging.info('Training %s for %d steps (%d per epoch) on a %s mesh of %d devices.',
-               config.data.name, num_steps, steps_per_epoch, dict(mesh.shape),
-               mesh.size)
+  checkpoints = checkpointing.Checkpoints(workdir, config)
+  restored = checkpoints.restore_latest(trainer)
+  if restored is not None:
+    state, results = restored.state, restored.results
+    data_position = restored.data_position
+  else:
+    state, results, data_position = trainer.init(config.seed), {}, 0
+    if config.init_from:
+      state = checkpointing.load_params(config.init_from, trainer, state)
+  first_step = int(state.step)
+  if first_step > num_steps:
+    raise ValueError(
+        f'The checkpoint in {checkpoints.directory} is at step {first_step}, past '
+        f'this run\'s {num_steps} steps; raise --config.num_epochs or '
+        '--config.num_train_steps, or start a new --workdir.')
+  logging.info('Training %s for %d steps (%d per epoch) from step %d on a %s mesh '
+               'of %d devices.', config.data.name, num_steps, steps_per_epoch,
+               first_step, dict(mesh.shape), mesh.size)
 
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
+  writers = [metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)]
+  if jax.process_index() == 0:
+    writers.append(metric_log.JsonlWriter(workdir, resume_step=first_step))
+  writer = metric_writers.MultiWriter(writers)
   writer.write_hparams(
       {k: str(v) for k, v in flax.traverse_util.flatten_dict(
           config.to_dict(), sep='.').items()})
@@ -241,52 +295,73 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       num_train_steps=num_steps, writer=writer, every_steps=config.log_every_steps)
   local_batch = config.batch_size // jax.process_count()
   train_iter = input_pipeline.train_iterator(config.data, batch_size=local_batch,
-                                             seed=config.seed)
+                                             seed=config.seed, start_step=data_position)
+  save_every = config.checkpoint.every_steps
 
   start = time.perf_counter()
   pending: list[TrainMetrics] = []
   interval_start, data_wait = time.perf_counter(), 0.0
-  results: dict[str, Any] = {}
-  for step in range(int(state.step), num_steps):
-    t = time.perf_counter()
-    batch = next(train_iter)
-    data_wait += time.perf_counter() - t
-    state, step_metrics = trainer.train_step(state, batch)
-    pending.append(step_metrics)
-    progress(step + 1)
+  preempted = False
+  with checkpointing.Preemption(checkpoints) as preemption:
+    for step in range(first_step, num_steps):
+      t = time.perf_counter()
+      batch = next(train_iter)
+      data_wait += time.perf_counter() - t
+      state, step_metrics = trainer.train_step(state, batch)
+      pending.append(step_metrics)
+      progress(step + 1)
 
-    done = step + 1 == num_steps
-    if (step + 1) % config.log_every_steps == 0 or done:
-      pending = jax.device_get(pending)
-      _check_finite(pending, step + 2 - len(pending))
-      interval = time.perf_counter() - interval_start
-      summary = {f'train_{k}': v for k, v in
-                 functools.reduce(TrainMetrics.merge, pending).compute().items()}
-      summary['images_per_sec'] = len(pending) * config.batch_size / interval
-      summary['data_wait_fraction'] = data_wait / interval
-      writer.write_scalars(step + 1, summary)
-      pending, interval_start, data_wait = [], time.perf_counter(), 0.0
+      done = step + 1 == num_steps
+      evaluate = (step + 1) % eval_every == 0 or done
+      preempted = preemption.requested(step + 1)
+      save = (evaluate or preempted or (step + 1) % steps_per_epoch == 0 or
+              (save_every > 0 and (step + 1) % save_every == 0))
+      # Logging at every save makes a resumed run average over the same
+      # steps as an uninterrupted one, so both write the same metric log.
+      if (step + 1) % config.log_every_steps == 0 or save:
+        pending = jax.device_get(pending)
+        _check_finite(pending, step + 2 - len(pending))
+        interval = time.perf_counter() - interval_start
+        summary = {f'train_{k}': v for k, v in
+                   functools.reduce(TrainMetrics.merge, pending).compute().items()}
+        summary['images_per_sec'] = len(pending) * config.batch_size / interval
+        summary['data_wait_fraction'] = data_wait / interval
+        summary['skipped_images'] = train_iter.skipped
+        writer.write_scalars(step + 1, summary)
+        pending, interval_start, data_wait = [], time.perf_counter(), 0.0
 
-    if (step + 1) % eval_every == 0 or done:
-      with progress.timed('eval'):
-        val = trainer.evaluate(state, input_pipeline.eval_iterator(
-            config.data, batch_size=config.eval_batch_size // jax.process_count()))
-      val_metrics = {k: float(v) for k, v in val.compute().items()}
-      state = trainer.after_eval(state, val_metrics['top1_error'])
-      results = dict(
-          val_top1_error=val_metrics['top1_error'],
-          val_top5_error=val_metrics['top5_error'],
-          val_loss=val_metrics['loss'],
-          val_examples=int(val.loss.count),
-          step=step + 1,
-          epoch=(step + 1) / steps_per_epoch,
-          train_seconds=time.perf_counter() - start)
-      writer.write_scalars(step + 1, {k: v for k, v in results.items()
-                                      if k.startswith('val_')})
-      _write_results(workdir, results)
-      # Reset the interval so evaluation time does not count as training time.
-      interval_start, data_wait = time.perf_counter(), 0.0
+      if evaluate:
+        with progress.timed('eval'):
+          val = trainer.evaluate(state, input_pipeline.eval_iterator(
+              config.data, batch_size=config.eval_batch_size // jax.process_count()))
+        val_metrics = {k: float(v) for k, v in val.compute().items()}
+        state = trainer.after_eval(state, val_metrics['top1_error'])
+        results = dict(
+            val_top1_error=val_metrics['top1_error'],
+            val_top5_error=val_metrics['top5_error'],
+            val_loss=val_metrics['loss'],
+            val_examples=int(val.loss.count),
+            step=step + 1,
+            epoch=(step + 1) / steps_per_epoch,
+            train_seconds=time.perf_counter() - start)
+        writer.write_scalars(step + 1, {k: v for k, v in results.items()
+                                        if k.startswith('val_')})
+        _write_results(workdir, results)
+        # Reset the interval so evaluation time does not count as training time.
+        interval_start, data_wait = time.perf_counter(), 0.0
+
+      if save:
+        checkpoints.save(state, results=results, evaluated=evaluate)
+      if preempted:
+        break
+  checkpoints.wait_until_finished()
+  checkpoints.close()
   writer.flush()
+  if preempted:
+    logging.warning('Preempted: stopped after step %d with a checkpoint in %s. '
+                    'Run the same command to resume.', int(state.step),
+                    checkpoints.directory)
+    return results
   logging.info(
       'Final validation after %d steps (%.2f epochs, %.0f s): top-1 error %.4f '
       '(accuracy %.2f%%), top-5 error %.4f, loss %.4f, on %d examples.',

@@ -23,7 +23,7 @@ VARIANTS = dict(
     init='',                 # paper: N(0, 0.01), biases 1 | modern: He normal, biases 0
     dtype='float32',         # compute dtype: float32 | bfloat16 (params stay float32)
     schedule='plateau',      # plateau | step
-    parallel='data',         # a strategy of configs.common.PARALLEL_RULES
+    parallel='data',         # data | two_tower | owt | fsdp (configs.common.PARALLEL)
 )
 
 ARCHITECTURES = {
@@ -55,12 +55,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       manual_dir=ml_collections.FieldReference(None, field_type=str),
       train_split='train',
       eval_split='validation',
-      resize_size=256,          # shorter side, before cropping
+      # A folder of images, one sub-folder per class, read instead of the
+      # TFDS dataset `name` (image_folder.py has the layouts).
+      image_folder=ml_collections.FieldReference(None, field_type=str),
+      # Held out of each class when the folder has no validation/ sub-folder.
+      val_fraction=0.0,
+      # The 256x256 copy written by --mode=prepare; read instead of the source when set.
+      prepared_dir=ml_collections.FieldReference(None, field_type=str),
+      resize_size=256,          # shorter side, then the central square
       image_size=arch['image_size'],
       # The paper subtracts the mean and trains on raw centred RGB (0-255).
       mean_rgb=(123.68, 116.78, 103.94),
       std_rgb=(1.0, 1.0, 1.0),
-      shuffle_buffer=16_384,
+      # Written by --mode=stats; replaces mean_rgb, eigval and eigvec when set.
+      stats_file=ml_collections.FieldReference(None, field_type=str),
+      mean_image=False,         # subtract the stats file's per-pixel mean (the paper)
+      # PCA lighting: alpha_i ~ N(0, pca_sigma) per image per presentation
+      # (0 turns it off); ImageNet's eigenvalues and eigenvectors (columns)
+      # of the RGB covariance, pixels in [0, 1].
+      pca_sigma=0.1,
+      eigval=(0.2175, 0.0188, 0.0045),
+      eigvec=((-0.5675, 0.7192, 0.4009),
+              (-0.5808, -0.0045, -0.8140),
+              (-0.5836, -0.6948, 0.4203)),
+      # Skip (and count) images that fail to decode, rather than stop.
+      skip_corrupt=True,
+      shuffle_buffer=16_384,    # TFDS sources; image folders shuffle fully
       prefetch=2,
   ))
 
@@ -112,6 +132,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1.0
   config.log_every_steps = 100
 
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))  # -1: the rest
-  config.axis_rules = common.choose('parallel', v.parallel, common.PARALLEL_RULES)
+  # Orbax checkpoints in <workdir>/checkpoints, also saved at the end of each
+  # epoch, after each evaluation and on SIGTERM; rerunning resumes the latest.
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000,   # <= 0: only at those points
+      keep=3,             # the latest `keep` checkpoints...
+      keep_best=1,        # ...and, besides them, the best by val top-1 error
+      asynchronous=True,  # write in the background while training goes on
+  ))
+  # A checkpoint (a workdir, or its checkpoints/<step>) whose parameters start
+  # this run; its optimizer state and step are not taken.
+  config.init_from = ml_collections.FieldReference(None, field_type=str)
+  # --mode=eval evaluates this checkpoint: 'latest', 'best' or a step number.
+  config.eval = ml_collections.ConfigDict(dict(checkpoint='latest'))
+
+  parallel = common.choose('parallel', v.parallel, common.PARALLEL)
+  # -1: all devices the other axis leaves.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, model=parallel['model']))
+  config.axis_rules = parallel['rules']
   return config

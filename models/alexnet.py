@@ -61,7 +61,7 @@ class AlexNet(nn.Module):
     """NHWC float images -> float32 logits (N, num_classes)."""
     # The image as a single input tower: every conv1 tower sees all of it.
     x = nn.with_logical_constraint(
-        images.astype(self.dtype)[None], layers.TOWER_ACTIVATION_AXES)
+        images.astype(self.dtype)[None], (None, *layers.TOWER_ACTIVATION_AXES[1:]))
     c1, c2, c3, c4, c5 = self.features
     x = self._conv('conv1', x, c1, self.conv1_kernel, self.conv1_stride,
                    self.conv1_padding, mix_towers=True)
@@ -74,8 +74,9 @@ class AlexNet(nn.Module):
     x = self._pool('pool5', x)
 
     # Tower-major flatten, so a single tower flattens exactly as NHWC would.
-    x = jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1)
-    x = nn.with_logical_constraint(x, ('batch', 'fc_in'))
+    with jax.named_scope('flatten'):
+      x = jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1)
+      x = nn.with_logical_constraint(x, ('fc_batch', 'fc_in'))
     fc6, fc7 = self.fc_features
     x = self._dense('fc6', x, fc6, train)
     x = self._dense('fc7', x, fc7, train)
@@ -105,7 +106,7 @@ class AlexNet(nn.Module):
     if is_output:
       return x
     x = nn.relu(x)
-    x = nn.with_logical_constraint(x, ('batch', 'fc_out'))
+    x = nn.with_logical_constraint(x, ('fc_batch', 'fc_out'))
     return nn.Dropout(self.dropout_rate, deterministic=not train,
                       name=f'dropout{name[2:]}')(x)
 

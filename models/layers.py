@@ -19,11 +19,46 @@ Initializer = Callable[..., jax.Array]
 
 # Logical axis names of the tower-major activations.
 TOWER_ACTIVATION_AXES = ('tower', 'batch', 'height', 'width', 'channels')
+# Every logical axis name the model uses; rule tables may map only these.
+LOGICAL_AXES = frozenset(TOWER_ACTIVATION_AXES) | {
+    'conv_height', 'conv_width', 'conv_in', 'conv_out',   # tower kernels
+    'fc_batch', 'fc_in', 'fc_out', 'classes'}             # fully connected
+
+
+def _mesh_axis(logical: str) -> str | tuple[str, ...] | None:
+  """The mesh axis (or axes) the current rules give a logical axis."""
+  return nn.logical_to_mesh_axes((logical,))[0]
+
+
+def _sharded_towers(fn, x, kernel, bias, mix_towers):
+  """Runs `fn` per local tower with each tower on its own 'tower' shard.
+
+  Without this, XLA's partitioner would treat indexing the sharded tower
+  axis as a reason to move data between shards. Inside shard_map each
+  device loops over just the towers it holds, so conv2, conv4 and conv5
+  need no communication at all; mixing layers get their input whole.
+  """
+  tower, batch = _mesh_axis('tower'), _mesh_axis('batch')
+  mesh = jax.sharding.get_abstract_mesh()
+  if tower is None or mesh.empty or mesh.shape[tower] == 1:
+    return fn(x, kernel, bias)
+  if kernel.shape[0] % mesh.shape[tower]:
+    raise ValueError(f'{kernel.shape[0]} towers do not split over the '
+                     f'{mesh.shape[tower]} devices of mesh axis {tower!r}; '
+                     f'use --config.mesh.{tower}=2 (one tower a shard) or 1.')
+  P = jax.sharding.PartitionSpec
+  return jax.shard_map(
+      fn, in_specs=(P(None if mix_towers else tower, batch), P(tower), P(tower)),
+      out_specs=P(tower, batch))(x, kernel, bias)
 
 
 def merge_towers(x: jax.Array) -> jax.Array:
-  """(towers, N, H, W, C) -> (1, N, H, W, towers * C): one input seen by all."""
-  return jnp.concatenate(list(x), axis=-1)[None]
+  """(towers, N, H, W, C) -> (1, N, H, W, towers * C): one input seen by all.
+
+  A transpose and reshape rather than slicing out each tower: on a mesh that
+  splits the towers this becomes a single all-gather.
+  """
+  return jnp.moveaxis(x, 0, -2).reshape(*x.shape[1:-1], -1)[None]
 
 
 class TowerConv(nn.Module):
@@ -70,14 +105,15 @@ class TowerConv(nn.Module):
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     pad = ((self.padding, self.padding),) * 2
 
-    def conv(inputs, t):
-      y = lax.conv_general_dilated(
-          inputs, kernel[t], (self.stride, self.stride), pad,
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-      return y + bias[t]
+    def per_tower(x, kernel, bias):
+      return jnp.stack([
+          lax.conv_general_dilated(
+              x[0 if self.mix_towers else t], kernel[t],
+              (self.stride, self.stride), pad,
+              dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias[t]
+          for t in range(kernel.shape[0])])
 
-    y = jnp.stack([conv(x[0 if self.mix_towers else t], t)
-                   for t in range(self.towers)])
+    y = _sharded_towers(per_tower, x, kernel, bias, self.mix_towers)
     return nn.with_logical_constraint(y, TOWER_ACTIVATION_AXES)
 
 

@@ -8,6 +8,7 @@ import os
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import demo_dataset
@@ -27,6 +28,7 @@ def _data_config(data_dir, **overrides) -> ml_collections.ConfigDict:
   data.mean_rgb = MEAN
   data.std_rgb = STD
   data.shuffle_buffer = 256
+  data.pca_sigma = 0.0  # tests that want lighting turn it on
   for key, value in overrides.items():
     data[key] = value
   return data
@@ -285,3 +287,100 @@ def test_unknown_dataset(tmp_path, no_downloads):
   with pytest.raises(input_pipeline.DatasetNotFoundError,
                      match='no_such_dataset_xyz'):
     input_pipeline.get_builder(data)
+
+
+# --- Order and resumption. ---
+
+
+def _stream(data, n, *, seed=0, start_step=0, batch_size=32):
+  it = input_pipeline.train_iterator(data, batch_size=batch_size, seed=seed,
+                                     start_step=start_step)
+  return [next(it) for _ in range(n)]
+
+
+def test_resume_at_step_k_continues_the_uninterrupted_stream(data_dir):
+  data = _data_config(data_dir, pca_sigma=0.1)
+  # 320 examples, batch 32: 10 steps an epoch; 25 steps span three epochs.
+  full = _stream(data, 25)
+  for k in (7, 10, 13):
+    resumed = _stream(data, 25 - k, start_step=k)
+    for a, b in zip(full[k:], resumed):
+      np.testing.assert_array_equal(a['label'], b['label'])
+      np.testing.assert_array_equal(a['image'], b['image'])
+  # Epochs are reshuffled, not repeated.
+  assert not np.array_equal(full[0]['label'], full[10]['label'])
+
+
+def test_steps_per_epoch_divides_the_smallest_shard(data_dir):
+  assert input_pipeline.steps_per_epoch(_data_config(data_dir), 32) == 10
+  assert input_pipeline.steps_per_epoch(_data_config(data_dir), 48) == 6
+
+
+# --- PCA lighting. ---
+
+EIGVAL = np.float32([0.2, 0.02, 0.004])
+EIGVEC = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0].astype(
+    np.float32)
+
+
+def test_lighting_offset_is_the_papers_formula():
+  alpha = np.float32([0.3, -1.2, 0.7])
+  got = input_pipeline.lighting_offset(alpha, EIGVAL, EIGVEC).numpy()
+  expected = 255 * sum(alpha[i] * EIGVAL[i] * EIGVEC[:, i] for i in range(3))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_lighting_covariance_in_the_eigenbasis_is_sigma2_l2():
+  sigma, n = 0.1, 20_000
+  offsets = tf.data.Dataset.range(n).map(
+      lambda i: input_pipeline.random_lighting_offset(
+          tf.stack([i, tf.constant(7, tf.int64)]), sigma, EIGVAL, EIGVEC))
+  offsets = next(iter(offsets.batch(n))).numpy() / 255
+  in_basis = offsets @ EIGVEC  # coordinates a_i l_i
+  covariance = np.cov(in_basis, rowvar=False)
+  expected = np.diag((sigma * EIGVAL) ** 2)
+  np.testing.assert_allclose(np.diag(covariance), np.diag(expected), rtol=0.05)
+  off_diagonal = covariance - np.diag(np.diag(covariance))
+  assert np.abs(off_diagonal).max() < 0.05 * expected.max()
+
+
+def test_training_lighting_shifts_each_image_by_one_colour(data_dir):
+  # Same seed, with and without lighting: the crops and flips agree and the
+  # difference is one RGB offset per image, of the configured eigenvectors.
+  plain = _data_config(data_dir)
+  lit = _data_config(data_dir, pca_sigma=0.5, eigval=tuple(EIGVAL.tolist()),
+                     eigvec=tuple(map(tuple, EIGVEC.tolist())))
+  a = next(input_pipeline.train_iterator(plain, batch_size=16, seed=4))
+  b = next(input_pipeline.train_iterator(lit, batch_size=16, seed=4))
+  diff = (b['image'] - a['image']) * np.float32(STD)  # back to 0-255 units
+  per_image = diff.mean(axis=(1, 2))
+  np.testing.assert_allclose(diff, np.broadcast_to(
+      per_image[:, None, None], diff.shape), atol=1e-2)
+  assert np.abs(per_image).max() > 1
+  assert len(np.unique(per_image.round(3), axis=0)) == 16
+
+
+# --- The paper's ten crops. ---
+
+
+def test_ten_crops_are_the_corners_centre_and_reflections():
+  image = np.arange(6 * 6 * 1, dtype=np.float32).reshape(6, 6, 1)
+  crops = input_pipeline.ten_crops(tf.constant(image), 4).numpy()
+  windows = [image[:4, :4], image[:4, 2:], image[2:, :4], image[2:, 2:],
+             image[1:5, 1:5]]
+  expected = np.stack(windows + [w[:, ::-1] for w in windows])
+  np.testing.assert_array_equal(crops, expected)
+
+
+def test_ten_crop_eval_batches(data_dir):
+  data = _data_config(data_dir, image_size=72)
+  images, labels = _decoded(data, 'validation')
+  batches = list(input_pipeline.eval_iterator(data, batch_size=64,
+                                              ten_crop=True))
+  assert [b['image'].shape for b in batches] == [(64, 10, 72, 72, 3)] * 2
+  mask = np.concatenate([b['mask'] for b in batches])
+  assert mask.sum() == 100
+  first = batches[0]['image'][3]
+  expected = input_pipeline.ten_crops(tf.constant(_normalize(images[3])), 72)
+  np.testing.assert_allclose(first, expected, atol=1e-4)
+  np.testing.assert_array_equal(batches[0]['label'], labels[:64])

@@ -1,0 +1,215 @@
+"""--mode=benchmark_input: training-pipeline images/s against two baselines.
+
+On the configured dataset, in one run and on the same images, with the same
+number of workers (one per CPU):
+
+  input        the training pipeline (train_iterator), batches as NumPy
+  PIL          a plain PIL + NumPy loader doing the same decode, resize, crop
+               and flip in a multiprocessing pool
+  decode-only  JPEG decoding alone (tf.data, one thread per worker)
+
+The three alternate over a few rounds and each reports its best round, so a
+busy shared machine skews them alike. The last line reads
+`input img/s: N  vs PIL: Rx  vs decode-only: Dx`.
+
+Without ImageNet, `python benchmark_input.py DIR` writes an image folder of
+ImageNet-like photographs (500x375 JPEGs of smooth shading, edges and
+texture) to benchmark on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from PIL import Image, ImageDraw, ImageFilter
+
+import input_pipeline
+
+_IMAGES_PER_ROUND = 512
+_ROUNDS = 5
+
+
+# ---------------------------------------------------------------------------
+# The PIL + NumPy baseline.
+
+_worker_images: list[bytes] = []
+
+
+def _set_worker_images(images: list[bytes]) -> None:
+  global _worker_images
+  _worker_images = images
+
+
+def _pil_example(args: tuple[int, int, int, int]) -> np.ndarray:
+  """Decode, shorter side to resize_size, central square, random crop, flip."""
+  index, resize_size, image_size, seed = args
+  rng = np.random.default_rng([seed, index])
+  image = Image.open(io.BytesIO(_worker_images[index])).convert('RGB')
+  w, h = image.size
+  scale = resize_size / min(w, h)
+  image = image.resize((max(resize_size, round(w * scale)),
+                        max(resize_size, round(h * scale))), Image.BILINEAR)
+  w, h = image.size
+  left, top = (w - resize_size) // 2, (h - resize_size) // 2
+  top += rng.integers(resize_size - image_size + 1)
+  left += rng.integers(resize_size - image_size + 1)
+  image = image.crop((left, top, left + image_size, top + image_size))
+  if rng.random() < 0.5:
+    image = image.transpose(Image.FLIP_LEFT_RIGHT)
+  return np.asarray(image)
+
+
+def _pil_timer(images: list[bytes], data: ml_collections.ConfigDict,
+               batch_size: int, workers: int) -> tuple[Callable[[], float], Callable[[], None]]:
+  # spawn: forking a process that runs JAX's threads can deadlock.
+  pool = multiprocessing.get_context('spawn').Pool(
+      workers, initializer=_set_worker_images, initargs=(images,))
+  mean, std = np.float32(data.mean_rgb), np.float32(data.std_rgb)
+
+  def run() -> float:
+    start = time.perf_counter()
+    jobs = [(i, data.resize_size, data.image_size, 0) for i in range(len(images))]
+    crops = pool.imap(_pil_example, jobs, chunksize=8)
+    for _ in range(len(images) // batch_size):
+      batch = np.stack([next(crops) for _ in range(batch_size)])
+      (batch.astype(np.float32) - mean) / std  # the loader's normalisation
+    return (len(images) // batch_size) * batch_size / (time.perf_counter() - start)
+
+  run()  # start the workers
+  return run, pool.terminate
+
+
+# ---------------------------------------------------------------------------
+# Decoding alone, and the training pipeline.
+
+
+def _decode_timer(images: list[bytes], workers: int) -> Callable[[], float]:
+  ds = tf.data.Dataset.from_tensor_slices(images).map(
+      lambda x: tf.shape(tf.io.decode_image(x, channels=3,
+                                            expand_animations=False))[0],
+      num_parallel_calls=workers)
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = workers
+  ds = ds.with_options(options)
+
+  def run() -> float:
+    start = time.perf_counter()
+    ds.reduce(tf.constant(0, tf.int32), lambda n, _: n + 1)
+    return len(images) / (time.perf_counter() - start)
+
+  return run
+
+
+def _pipeline_timer(data: ml_collections.ConfigDict, batch_size: int,
+                    seed: int) -> Callable[[], float]:
+  batches = input_pipeline.train_iterator(data, batch_size=batch_size, seed=seed)
+  steps = math.ceil(_IMAGES_PER_ROUND / batch_size)
+
+  def run() -> float:
+    # Drain what was prefetched while the others ran, then time.
+    for _ in range(data.prefetch + 1):
+      next(batches)
+    start = time.perf_counter()
+    for _ in range(steps):
+      next(batches)
+    return steps * batch_size / (time.perf_counter() - start)
+
+  return run
+
+
+def _encoded_training_images(data: ml_collections.ConfigDict,
+                             count: int) -> list[bytes]:
+  ds = input_pipeline.get_source(data).read(data.train_split, None).take(count)
+  images = [example['image'] for example in ds.as_numpy_iterator()]
+  if len(images) < count:
+    raise ValueError(f'The benchmark needs {count} training images; '
+                     f'{data.train_split!r} has {len(images)}.')
+  return images
+
+
+def report(config: ml_collections.ConfigDict) -> str:
+  """Runs the three loaders in alternation; returns the report."""
+  data = config.data
+  workers = len(os.sched_getaffinity(0))  # the CPUs this process may use
+  batch_size = config.batch_size // jax.process_count()
+  images = _encoded_training_images(data, _IMAGES_PER_ROUND)
+  pipeline = _pipeline_timer(data, batch_size, config.seed)
+  decode = _decode_timer(images, workers)
+  pil, stop_pil = _pil_timer(images, data, batch_size, workers)
+  rates = {'input': [], 'PIL': [], 'decode-only': []}
+  try:
+    for _ in range(_ROUNDS):
+      rates['input'].append(pipeline())
+      rates['PIL'].append(pil())
+      rates['decode-only'].append(decode())
+  finally:
+    stop_pil()
+  best = {k: max(v) for k, v in rates.items()}
+  sizes = {Image.open(io.BytesIO(b)).size for b in images[:64]}
+  name = data.prepared_dir or data.image_folder or data.name
+  lines = [f'Input pipeline on {name} ({len(images)} images a round, e.g. '
+           f'{sorted(sizes)[0][0]}x{sorted(sizes)[0][1]}), {workers} workers, '
+           f'batch {batch_size}, {data.image_size}x{data.image_size} crops, '
+           f'best of {_ROUNDS} rounds:']
+  lines += [f'  {k:12s} {v:8.1f} img/s   (rounds: '
+            f'{", ".join(f"{r:.0f}" for r in rates[k])})' for k, v in best.items()]
+  lines.append(f'input img/s: {best["input"]:.0f}  '
+               f'vs PIL: {best["input"] / best["PIL"]:.2f}x  '
+               f'vs decode-only: {best["input"] / best["decode-only"]:.2f}x')
+  return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Synthetic ImageNet-like photographs.
+
+
+def photo(rng: np.random.Generator, width: int = 500,
+          height: int = 375) -> Image.Image:
+  """A photograph-like image: shading, objects with edges, fine texture.
+
+  JPEG's cost depends on content; flat or pure-noise images decode faster or
+  slower than photographs, so this mixes what photographs have.
+  """
+  coarse = rng.uniform(0, 255, (4, 5, 3)).astype(np.uint8)
+  image = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
+  draw = ImageDraw.Draw(image)
+  for _ in range(rng.integers(4, 12)):
+    x0, y0 = rng.uniform(-50, width), rng.uniform(-50, height)
+    x1, y1 = x0 + rng.uniform(20, 250), y0 + rng.uniform(20, 200)
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+    shape((x0, y0, x1, y1), fill=colour)
+  image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
+  texture = rng.normal(0, rng.uniform(4, 12), (height, width, 1))
+  pixels = np.asarray(image, np.float32) + texture
+  return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def make_folder(root: str, num_images: int, *, num_classes: int = 4,
+                seed: int = 0) -> None:
+  """Writes num_images photographs to root/train and a tenth as many to
+  root/validation, in `num_classes` class folders."""
+  rng = np.random.default_rng(seed)
+  for split, count in (('train', num_images), ('validation', num_images // 10)):
+    for i in range(count):
+      directory = os.path.join(root, split, f'class{i % num_classes}')
+      os.makedirs(directory, exist_ok=True)
+      photo(rng).save(os.path.join(directory, f'{i:06d}.jpg'), quality=90)
+
+
+if __name__ == '__main__':
+  parser = argparse.ArgumentParser(description=make_folder.__doc__)
+  parser.add_argument('root')
+  parser.add_argument('--num_images', type=int, default=2048)
+  args = parser.parse_args()
+  make_folder(args.root, args.num_images)

@@ -1,0 +1,309 @@
+"""Orbax checkpoints of a run: save, resume, fall back, reshard, preemption.
+
+A checkpoint is <workdir>/checkpoints/<step>/ with three orbax items:
+  state   the TrainState (parameters, momentum, plateau schedule, step, dropout
+          key), saved sharded: each process writes its own shards;
+  config  the config it was trained with (JSON);
+  meta    the data position and the latest validation results (JSON).
+Orbax writes each checkpoint under a temporary name and renames it when
+complete, so a crash mid-save never leaves a checkpoint that looks finished.
+Restoring goes through the target shardings of the current mesh, so a state
+saved on one mesh or device count resumes on another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+from typing import TYPE_CHECKING, Any
+
+import flax
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers
+
+if TYPE_CHECKING:  # train imports this module
+  import train
+
+CHECKPOINT_DIR = 'checkpoints'
+# Unreadable checkpoints are moved here, out of orbax's sight, not deleted.
+UNREADABLE_DIR = 'checkpoints_unreadable'
+BEST_METRIC = 'val_top1_error'
+
+# Config keys that define the model, the data stream or the optimisation
+# trajectory: resuming under a different value would silently train
+# something else. Any other key (logging, evaluation and checkpoint
+# intervals, the number of steps, the mesh) may change between runs.
+_MUST_MATCH_SECTIONS = ('model', 'data', 'optimizer', 'schedule')
+_MUST_MATCH_KEYS = ('seed', 'batch_size', 'steps_per_epoch')
+# Data keys that say where files are or how fast they are read, not what
+# they hold.
+_MAY_CHANGE_DATA_KEYS = ('data.data_dir', 'data.manual_dir', 'data.prepared_dir',
+                         'data.prefetch')
+
+
+def _best_metric(metrics: dict[str, float]) -> float:
+  return metrics.get(BEST_METRIC, math.inf)
+
+
+class ConfigMismatchError(ValueError):
+  """The config differs from the checkpoint's in keys that must match."""
+
+
+class CheckpointWriteError(OSError):
+  """The first checkpoint could not be written."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  state: train.TrainState
+  step: int
+  data_position: int          # training batches consumed
+  results: dict[str, Any]     # the latest validation results, or {}
+
+
+def _flat(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+  # The JSON round trip makes tuples lists, as they come back from disk.
+  tree = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+  return flax.traverse_util.flatten_dict(json.loads(json.dumps(tree)), sep='.')
+
+
+def compare_configs(saved: dict[str, Any], config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigMismatchError naming keys that change what is trained.
+
+  Other differences are logged.
+  """
+  old, new = _flat(saved), _flat(config)
+  missing = object()
+  changed = sorted(k for k in old.keys() | new.keys()
+                   if old.get(k, missing) != new.get(k, missing))
+  describe = lambda k: f'{k}: {old.get(k, "<absent>")!r} -> {new.get(k, "<absent>")!r}'
+  fatal = [k for k in changed if k not in _MAY_CHANGE_DATA_KEYS and (
+      k in _MUST_MATCH_KEYS or k.split('.')[0] in _MUST_MATCH_SECTIONS)]
+  if fatal:
+    raise ConfigMismatchError(
+        'The config differs from the checkpoint\'s in keys that change the '
+        'model, the data or the optimisation:\n  ' +
+        '\n  '.join(map(describe, fatal)) +
+        '\nResume with the checkpoint\'s values, or start a new --workdir '
+        '(with --config.init_from=<this workdir> to keep the parameters).')
+  if changed:
+    logging.info('Config changes from the checkpoint\'s (allowed): %s',
+                 '; '.join(map(describe, changed)))
+
+
+class Checkpoints:
+  """The checkpoints of one workdir."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, *,
+               read_only: bool = False):
+    self.config = config
+    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    self._unreadable = os.path.abspath(os.path.join(workdir, UNREADABLE_DIR))
+    c = config.checkpoint
+    self._saved_once = False
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            read_only=read_only,
+            create=not read_only,
+            # Orbax's leftovers of saves a crash interrupted.
+            cleanup_tmp_directories=not read_only,
+            enable_async_checkpointing=c.asynchronous,
+            best_fn=_best_metric,
+            best_mode='min',
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy([
+                checkpoint_managers.LatestN(n=c.keep),
+                checkpoint_managers.BestN(get_metric_fn=_best_metric,
+                                          reverse=True, n=c.keep_best),
+            ])))
+
+  # --- saving -----------------------------------------------------------
+
+  def save(self, state: train.TrainState, *, results: dict[str, Any],
+           evaluated: bool) -> None:
+    """Saves `state` at its step; in the background if configured so.
+
+    `evaluated`: `results` are from an evaluation at this step, so this
+    checkpoint competes for best.
+    """
+    step = int(state.step)
+    meta = dict(data_position=step, results=results)
+    try:
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state),
+              config=ocp.args.JsonSave(self.config.to_dict()),
+              meta=ocp.args.JsonSave(meta)),
+          # Saves between evaluations get no metric (they rank last for best,
+          # so only `keep` retains them); None would make orbax warn each time.
+          metrics={BEST_METRIC: results[BEST_METRIC]} if evaluated else {},
+          force=True)
+      if not self._saved_once:
+        # Surface a full disk or an unwritable workdir now, not hours later.
+        self._manager.wait_until_finished()
+        self._manager.check_for_errors()
+    except Exception as e:
+      if self._saved_once:
+        raise
+      raise CheckpointWriteError(
+          f'Could not write the first checkpoint (step {step}) to '
+          f'{self.directory}: {e}\nFree disk space or pass a writable '
+          '--workdir; training stops here rather than run on without '
+          'checkpoints.') from e
+    self._saved_once = True
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+  # --- restoring --------------------------------------------------------
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def best_step(self) -> int | None:
+    """The step with the lowest validation error, None if none was evaluated."""
+    step = self._manager.best_step()
+    if step is None or _best_metric(self._manager.metrics(step) or {}) == math.inf:
+      return None
+    return step
+
+  def restore_latest(self, trainer: train.Trainer) -> Restored | None:
+    """The newest readable checkpoint, or None if there is none.
+
+    A checkpoint that cannot be read is reported and the one before it is
+    tried; once one is read, the unreadable newer ones are moved to
+    checkpoints_unreadable/ (so the run can save those steps again). If none
+    can be read, nothing is moved and the run stops: the cause is then more
+    likely the environment than the files.
+    """
+    steps, unreadable = self.steps(), []
+    for step in reversed(steps):
+      try:
+        restored = self.restore(trainer, step)
+      except ConfigMismatchError:
+        raise
+      except Exception as e:  # orbax and tensorstore raise many kinds
+        logging.warning(
+            'Checkpoint %d in %s cannot be read (%s: %s); falling back to the '
+            'previous checkpoint.', step, self.directory, type(e).__name__, e)
+        unreadable.append(step)
+        continue
+      for bad in unreadable:
+        self._set_aside(bad)
+      return restored
+    if steps:
+      raise RuntimeError(
+          f'None of the checkpoints {steps} in {self.directory} can be read '
+          '(the warnings above say why). Fix the cause and rerun, or start a '
+          'new --workdir.')
+    return None
+
+  def restore(self, trainer: train.Trainer, step: int) -> Restored:
+    """Checkpoint `step`, resharded onto `trainer`'s mesh."""
+    saved = self._manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+    compare_configs(saved['config'], self.config)
+    state = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(trainer.abstract_state())))['state']
+    meta = saved['meta']
+    logging.info('Restored checkpoint %d from %s.', step, self.directory)
+    return Restored(state=state, step=step, data_position=meta['data_position'],
+                    results=meta['results'])
+
+  def _set_aside(self, step: int) -> None:
+    if jax.process_index() == 0:
+      os.makedirs(self._unreadable, exist_ok=True)
+      target = base = os.path.join(self._unreadable, str(step))
+      copies = 0
+      while os.path.exists(target):  # the same step failed before
+        copies += 1
+        target = f'{base}.{copies}'
+      shutil.move(os.path.join(self.directory, str(step)), target)
+      logging.warning('Moved unreadable checkpoint %d to %s.', step, target)
+    multihost_utils.sync_global_devices(f'checkpoint {step} set aside')
+    self._manager.reload()
+
+  # --- preemption -------------------------------------------------------
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether JAX's preemption service (multi-process runs) asks to stop."""
+    return self._manager.reached_preemption(step)
+
+
+def load_params(path: str, trainer: train.Trainer,
+                state: train.TrainState) -> train.TrainState:
+  """`state` with the parameters (and BatchNorm statistics) of checkpoint `path`.
+
+  `path` is a workdir (its latest checkpoint), its checkpoints/ directory, or
+  one step's directory. The optimizer state, schedule and step stay `state`'s.
+  """
+  path, step = os.path.abspath(path), None
+  if os.path.basename(path).isdigit():
+    path, step = os.path.dirname(path), int(os.path.basename(path))
+  elif os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
+    path = os.path.join(path, CHECKPOINT_DIR)
+  abstract = trainer.abstract_state()
+  target = {'params': abstract.params, 'batch_stats': abstract.batch_stats}
+  with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
+      read_only=True, create=False)) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(
+          f'--config.init_from={path} holds no checkpoint; pass a workdir of a '
+          'run that saved one, or its checkpoints/<step> directory.')
+    try:
+      loaded = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+              target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+              partial_restore=True)))['state']
+    except ValueError as e:
+      raise ValueError(
+          f'The parameters of checkpoint {step} in {path} do not fit this '
+          f'config\'s model: {e}\n--config.init_from needs the same model '
+          'config (layers, widths, classes, towers).') from e
+  logging.info('Initialised parameters from checkpoint %d in %s.', step, path)
+  return state.replace(params=loaded['params'], batch_stats=loaded['batch_stats'])
+
+
+class Preemption:
+  """Within `with`, asks the loop to stop after SIGTERM (TPU/SLURM preemption).
+
+  A single process turns SIGTERM into a flag checked at each step boundary.
+  With several processes JAX's preemption service catches SIGTERM and makes
+  all processes agree on the step to stop at, which a local flag could not.
+  """
+
+  def __init__(self, checkpoints: Checkpoints):
+    self._checkpoints = checkpoints
+    self._sigterm = False
+    self._previous = None
+
+  def __enter__(self) -> Preemption:
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint after this step.')
+    self._sigterm = True
+
+  def requested(self, step: int) -> bool:
+    """Call at every step on every process (the multi-process check syncs)."""
+    return self._checkpoints.reached_preemption(step) or self._sigterm

@@ -1,0 +1,92 @@
+"""--mode=stats: the training split's mean image, channel statistics and PCA.
+
+Over the training split, seen as the paper stored it (the central square with
+its side scaled to data.resize_size), computes
+
+  mean_image  (resize_size, resize_size, 3), 0-255: the paper's per-pixel mean
+  mean_rgb, std_rgb  (3,), 0-255: per-channel mean and standard deviation
+  eigval, eigvec  (3,), (3, 3): the eigenvalues (descending) and eigenvectors
+      (columns) of the 3x3 covariance of RGB pixels scaled to [0, 1], the
+      units of PCA lighting's data.eigval and data.eigvec
+  num_images
+
+and writes them to data.stats_file (NumPy .npz), which training then reads.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import input_pipeline
+
+_BATCH = 32
+
+
+def compute(data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """The statistics of this process's shard of data.train_split."""
+  size = data.resize_size
+
+  def moments(example):
+    image = input_pipeline.decode_central_square(example['image'], size)
+    pixels = tf.reshape(tf.cast(image, tf.float64), [-1, 3]) / 255.0
+    # Per-image sums keep float64 accuracy over a million images.
+    return {'image': image,
+            'sum': tf.reduce_sum(pixels, axis=0),
+            'outer': tf.matmul(pixels, pixels, transpose_a=True)}
+
+  source = input_pipeline.get_source(data)
+  ds = source.read(data.train_split, None).map(
+      moments, num_parallel_calls=tf.data.AUTOTUNE)
+  if data.skip_corrupt:
+    ds = ds.ignore_errors()
+  ds = ds.batch(_BATCH).prefetch(2)
+
+  image_sum = np.zeros((size, size, 3), np.float64)
+  pixel_sum = np.zeros(3, np.float64)
+  outer_sum = np.zeros((3, 3), np.float64)
+  count = 0
+  for batch in tfds.as_numpy(ds):
+    image_sum += batch['image'].sum(axis=0, dtype=np.float64)
+    pixel_sum += batch['sum'].sum(axis=0)
+    outer_sum += batch['outer'].sum(axis=0)
+    count += len(batch['image'])
+  if not count:
+    raise ValueError(f'The {data.train_split!r} split yielded no images.')
+
+  num_pixels = count * size * size
+  mean = pixel_sum / num_pixels
+  covariance = outer_sum / num_pixels - np.outer(mean, mean)
+  eigval, eigvec = np.linalg.eigh(covariance)
+  order = np.argsort(eigval)[::-1]
+  return dict(
+      mean_image=(image_sum / count).astype(np.float32),
+      mean_rgb=(255 * mean).astype(np.float32),
+      std_rgb=(255 * np.sqrt(np.diag(covariance))).astype(np.float32),
+      eigval=eigval[order].astype(np.float32),
+      eigvec=eigvec[:, order].astype(np.float32),
+      num_images=np.int64(count))
+
+
+def write(data: ml_collections.ConfigDict) -> str:
+  """Computes the statistics and writes them to data.stats_file; a summary."""
+  if not data.stats_file:
+    raise ValueError('Set --config.data.stats_file=PATH.npz: where --mode=stats '
+                     'writes, and where training then reads.')
+  stats = compute(data)
+  os.makedirs(os.path.dirname(os.path.abspath(data.stats_file)), exist_ok=True)
+  tmp = data.stats_file + '.tmp.npz'
+  np.savez(tmp, **stats)
+  os.replace(tmp, data.stats_file)  # a half-written file is never read
+  np.set_printoptions(precision=4, suppress=True)
+  return '\n'.join([
+      f'Statistics of {int(stats["num_images"])} training images at '
+      f'{data.resize_size}x{data.resize_size}, written to {data.stats_file}:',
+      f'mean_rgb (0-255): {stats["mean_rgb"]}',
+      f'std_rgb (0-255):  {stats["std_rgb"]}',
+      f'eigval ([0, 1] pixels): {stats["eigval"]}',
+      f'eigvec (columns):\n{stats["eigvec"]}'])

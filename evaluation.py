@@ -1,0 +1,59 @@
+"""--mode=eval: a saved checkpoint's validation errors, centre crop and 10-crop."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+import checkpointing
+import input_pipeline
+import parallel
+import train
+
+# The paper's test averages the softmax over ten crops (corners, centre and
+# their mirror images); the centre crop alone is the common cheaper number.
+CROPS = (('centre crop', False), ('10-crop', True))
+
+
+def _choose_step(which: str, checkpoints: checkpointing.Checkpoints) -> int:
+  steps = checkpoints.steps()
+  if not steps:
+    raise FileNotFoundError(
+        f'No checkpoint in {checkpoints.directory}; train first, or pass the '
+        "--workdir of a run that saved one.")
+  if which == 'latest':
+    return steps[-1]
+  if which == 'best':
+    best = checkpoints.best_step()
+    if best is None:
+      raise ValueError(f'No checkpoint in {checkpoints.directory} was saved '
+                       "after an evaluation; use --config.eval.checkpoint=latest.")
+    return best
+  if which.isdigit() and int(which) in steps:
+    return int(which)
+  raise ValueError(f'--config.eval.checkpoint={which!r} is not latest, best or '
+                   f'one of the saved steps {steps}.')
+
+
+def report(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Evaluates config.eval.checkpoint of `workdir`; returns a table."""
+  mesh = parallel.make_mesh(config.mesh)
+  # steps_per_epoch only places the step schedule's boundaries: unused here.
+  trainer = train.Trainer(config, mesh, steps_per_epoch=1)
+  checkpoints = checkpointing.Checkpoints(workdir, config, read_only=True)
+  step = _choose_step(str(config.eval.checkpoint), checkpoints)
+  state = checkpoints.restore(trainer, step).state
+  checkpoints.close()
+
+  lines = [f'Checkpoint {step} ({config.eval.checkpoint}) of {checkpoints.directory}, '
+           f'split {config.data.eval_split!r}:',
+           f'{"crop":<12}{"top-1 error":>13}{"top-5 error":>13}{"examples":>10}']
+  for name, ten_crop in CROPS:
+    batches = input_pipeline.eval_iterator(
+        config.data, batch_size=config.eval_batch_size // jax.process_count(),
+        ten_crop=ten_crop)
+    metrics = trainer.evaluate(state, batches)
+    errors = metrics.compute()
+    lines.append(f'{name:<12}{float(errors["top1_error"]):>13.4f}'
+                 f'{float(errors["top5_error"]):>13.4f}{int(metrics.loss.count):>10,}')
+  return '\n'.join(lines)

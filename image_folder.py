@@ -1,0 +1,119 @@
+"""A folder of images, one sub-folder per class, as a dataset source.
+
+Two layouts are accepted:
+
+  ROOT/train/<class>/*.jpg  and  ROOT/validation/<class>/*.jpg  (or val/)
+  ROOT/<class>/*.jpg        with `val_fraction` of each class held out
+
+Classes are the sorted sub-folder names (over both splits), so label k is the
+k-th name. Any format tf.io.decode_image reads works (JPEG, PNG, GIF, BMP,
+grayscale, CMYK), whatever the file's extension says; files are read as raw
+bytes and decoded by the input pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+_VALIDATION_NAMES = ('validation', 'val')
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolder:
+  """File paths and labels of every split."""
+  class_names: tuple[str, ...]
+  splits: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (paths, labels)
+
+  def num_examples(self, split: str) -> int:
+    return len(self._split(split)[0])
+
+  def _split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    if split not in self.splits:
+      raise ValueError(f'The image folder has splits {sorted(self.splits)}, '
+                       f'not {split!r}; set --config.data.train_split / '
+                       'eval_split accordingly.')
+    return self.splits[split]
+
+  def read(self, split: str, *, process_index: int, process_count: int,
+           shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """This process's shard of `split` as {'image': bytes, 'label': int64}.
+
+    Shards are disjoint strided slices of the sorted file list. With a seed
+    the shard is fully permuted (paths only, so the cost is nil).
+    """
+    paths, labels = self._split(split)
+    paths = paths[process_index::process_count]
+    labels = labels[process_index::process_count]
+    if shuffle_seed is not None:
+      order = np.random.default_rng(shuffle_seed).permutation(len(paths))
+      paths, labels = paths[order], labels[order]
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    return ds.map(lambda p, l: {'image': tf.io.read_file(p), 'label': l},
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _images_by_class(directory: str) -> dict[str, list[str]]:
+  result = {}
+  for name in sorted(os.listdir(directory)):
+    class_dir = os.path.join(directory, name)
+    if os.path.isdir(class_dir):
+      result[name] = sorted(
+          os.path.join(class_dir, f) for f in os.listdir(class_dir)
+          if f.lower().endswith(_EXTENSIONS))
+  return result
+
+
+def _holdout(files: list[str], fraction: float, seed: str) -> np.ndarray:
+  """Boolean mask of the held-out files; a function of the names only."""
+  n_val = int(round(fraction * len(files)))
+  order = np.random.default_rng(list(seed.encode())).permutation(len(files))
+  mask = np.zeros(len(files), bool)
+  mask[order[:n_val]] = True
+  return mask
+
+
+def scan(root: str, *, val_fraction: float = 0.0) -> ImageFolder:
+  """Lists the images under `root` (see the module docstring for layouts)."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f'Image folder {root!r} does not exist; set '
+                            '--config.data.image_folder to a directory.')
+  val_dir = next((os.path.join(root, v) for v in _VALIDATION_NAMES
+                  if os.path.isdir(os.path.join(root, v))), None)
+  train_dir = os.path.join(root, 'train')
+  if os.path.isdir(train_dir) and val_dir:
+    by_split = {'train': _images_by_class(train_dir),
+                'validation': _images_by_class(val_dir)}
+  elif os.path.isdir(train_dir) or val_dir:
+    raise ValueError(f'{root!r} has one of train/ and validation/ but not the '
+                     'other; add the missing one, or put the class folders '
+                     'directly under the root and set data.val_fraction.')
+  else:
+    if not 0 < val_fraction < 1:
+      raise ValueError(
+          f'{root!r} has class folders but no train/ and validation/ '
+          f'sub-folders; set --config.data.val_fraction in (0, 1) to hold out '
+          f'part of each class (it is {val_fraction}).')
+    by_split = {'train': {}, 'validation': {}}
+    for name, files in _images_by_class(root).items():
+      held = _holdout(files, val_fraction, name)
+      by_split['train'][name] = [f for f, h in zip(files, held) if not h]
+      by_split['validation'][name] = [f for f, h in zip(files, held) if h]
+
+  class_names = tuple(sorted(set().union(*by_split.values())))
+  if not class_names:
+    raise ValueError(f'No class sub-folders with images in {root!r}.')
+  index = {name: i for i, name in enumerate(class_names)}
+  splits = {}
+  for split, classes in by_split.items():
+    pairs = [(f, index[c]) for c, files in classes.items() for f in files]
+    if not pairs:
+      raise ValueError(f'The {split} split of {root!r} holds no images '
+                       f'(extensions {", ".join(_EXTENSIONS)}).')
+    paths, labels = zip(*pairs)
+    splits[split] = (np.array(paths), np.array(labels, np.int64))
+  return ImageFolder(class_names=class_names, splits=splits)

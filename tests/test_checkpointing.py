@@ -1,0 +1,311 @@
+"""Checkpoints: exact resume after kill -9, SIGTERM, other meshes, safety, eval mode."""
+
+import contextlib
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import checkpointing
+import metric_log
+import parallel
+import train
+from test_main import REPO, _tiny_demo_flags
+from test_train import _batch, _small_config
+
+NUM_STEPS = 12
+# Saves at steps 3, 4, 6, 8, 9 and 12 (every 3 steps, and after each evaluation:
+# every 4 of the tiny dataset's 20 steps an epoch); the metric log's period of
+# 5 lines up with neither.
+RUN_FLAGS = [f'--config.num_train_steps={NUM_STEPS}', '--config.log_every_steps=5',
+             '--config.checkpoint.every_steps=3', '--config.eval_every_epochs=0.2']
+TIMING_KEYS = {'images_per_sec', 'data_wait_fraction', 'steps_per_sec', 'uptime'}
+
+
+def _command(tmp_path, workdir, *extra):
+  flags = [f for f in _tiny_demo_flags(tmp_path) if not f.startswith(
+      ('--workdir', '--config.num_train_steps', '--config.log_every_steps'))]
+  return [sys.executable, 'main.py', *flags, f'--workdir={workdir}', *RUN_FLAGS, *extra]
+
+
+def _run(command, timeout=600):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+@contextlib.contextmanager
+def _running(command, log_path):
+  """The run in the background; killed if the test fails before it ends."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  with open(log_path, 'w') as log:
+    process = subprocess.Popen(command, cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=log)
+    try:
+      yield process
+    finally:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def _saved_steps(workdir):
+  path = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+  if not os.path.isdir(path):
+    return []
+  return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+
+
+def _wait_for(condition, process, timeout=300):
+  deadline = time.monotonic() + timeout
+  while not condition():
+    assert process.poll() is None, (
+        f'the run ended (exit {process.returncode}) before the test could interrupt it')
+    assert time.monotonic() < deadline, 'timed out waiting for the run'
+    time.sleep(0.005)
+
+
+def _saved_state(workdir, step):
+  path = os.path.join(workdir, checkpointing.CHECKPOINT_DIR, str(step), 'state')
+  return ocp.PyTreeCheckpointer().restore(path)
+
+
+def _logged_metrics(workdir):
+  """The metric log without timings and without lines that held only timings."""
+  records = [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+             for r in metric_log.read(workdir)]
+  return [r for r in records if len(r) > 1]
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  tmp_path = tmp_path_factory.mktemp('uninterrupted')
+  workdir = tmp_path / 'work'
+  result = _run(_command(tmp_path, workdir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return tmp_path, workdir
+
+
+def test_killed_run_resumes_to_identical_parameters_and_metric_log(uninterrupted, tmp_path):
+  data_path, reference = uninterrupted
+  assert _saved_steps(reference)[-1] == NUM_STEPS
+  workdir = tmp_path / 'work'
+  command = _command(data_path, workdir)
+  # Kill once a random checkpoint before the last has been committed; the run
+  # has then gone on by a random amount of work.
+  kill_after = random.choice([3, 4, 6, 8])
+  log = tmp_path / 'killed.log'
+  with _running(command, log) as process:
+    _wait_for(lambda: any(s >= kill_after for s in _saved_steps(workdir)), process)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, log.read_text()[-3000:]
+  assert _saved_steps(workdir)[-1] < NUM_STEPS, (kill_after, _saved_steps(workdir))
+
+  result = _run(command)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert re.search(r'Restored checkpoint \d+', result.stderr)
+  ours, theirs = _saved_state(workdir, NUM_STEPS), _saved_state(reference, NUM_STEPS)
+  print(f'killed after checkpoint {kill_after}; resumed with:', result.stderr[-2000:])
+  assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_array_equal(a, b)  # bitwise: momentum, plateau, rng too
+  assert _logged_metrics(workdir) == _logged_metrics(reference)
+
+
+def test_sigterm_saves_at_the_step_it_stops_and_exits_0(uninterrupted, tmp_path):
+  data_path, _ = uninterrupted
+  workdir = tmp_path / 'work'
+  # Long enough that SIGTERM arrives mid-run; no evaluation slows it down.
+  command = _command(data_path, workdir, '--config.num_train_steps=2000',
+                     '--config.eval_every_epochs=1000')
+  with _running(command, tmp_path / 'run.log') as process:
+    _wait_for(lambda: _saved_steps(workdir), process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) == 0
+  stderr = (tmp_path / 'run.log').read_text()
+  stopped = re.search(r'Preempted: stopped after step (\d+)', stderr)
+  assert stopped, stderr[-3000:]
+  step = int(stopped.group(1))
+  assert 3 < step < 2000
+  assert _saved_steps(workdir)[-1] == step
+  assert metric_log.read(workdir)[-1]['step'] == step
+
+
+def test_eval_mode_prints_centre_and_ten_crop_errors(uninterrupted):
+  data_path, workdir = uninterrupted
+  result = _run(_command(data_path, workdir, '--mode=eval',
+                         '--config.eval.checkpoint=best'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.strip().splitlines()
+  assert re.match(r'Checkpoint \d+ \(best\) of ', lines[0])
+  best = int(lines[0].split()[1])
+  assert best in (4, 8, 12)  # only saves after an evaluation compete
+  rows = {line[:12].strip(): line[12:].split() for line in lines[2:]}
+  assert set(rows) == {'centre crop', '10-crop'}
+  for top1, top5, examples in rows.values():
+    assert 0 <= float(top5) <= float(top1) <= 1
+    assert int(examples) == 100  # demo_shapes/tiny's validation split
+
+
+# --- in-process: meshes, safety, init_from ---------------------------------
+
+
+def _config(data=1, model=1):
+  config = _small_config(data=data, model=model)
+  config.checkpoint.asynchronous = False
+  return config
+
+
+def _trainer(config, num_devices):
+  mesh = parallel.make_mesh(config.mesh, jax.devices()[:num_devices])
+  return train.Trainer(config, mesh, steps_per_epoch=100)
+
+
+def _train(trainer, state, steps):
+  losses = []
+  for i in range(steps):
+    state, metrics = trainer.train_step(state, _batch(trainer.config, seed=i))
+    losses.append(float(metrics.loss.compute()))
+  return state, np.array(losses)
+
+
+def _save(workdir, config, state):
+  checkpoints = checkpointing.Checkpoints(str(workdir), config)
+  checkpoints.save(state, results={}, evaluated=False)
+  checkpoints.close()
+
+
+def _restore(workdir, config, trainer):
+  checkpoints = checkpointing.Checkpoints(str(workdir), config)
+  try:
+    return checkpoints.restore_latest(trainer)
+  finally:
+    checkpoints.close()
+
+
+def test_save_on_4x2_mesh_restore_on_1_and_2_devices_and_back(tmp_path):
+  config8 = _config(data=4, model=2)
+  trainer8 = _trainer(config8, 8)
+  state, _ = _train(trainer8, trainer8.init(0), 2)
+  _save(tmp_path / 'eight', config8, state)
+  _, expected = _train(trainer8, state, 2)
+
+  for num_devices, mesh in ((1, dict(data=1, model=1)), (2, dict(data=1, model=2))):
+    config = _config(**mesh)
+    trainer = _trainer(config, num_devices)
+    restored = _restore(tmp_path / 'eight', config, trainer)
+    assert restored.step == 2
+    kernel = restored.state.params['conv2']['kernel']
+    assert kernel.sharding.mesh.devices.size == num_devices
+    _, losses = _train(trainer, restored.state, 2)
+    np.testing.assert_allclose(losses, expected, rtol=2e-5, atol=2e-5)
+
+  # Saved on one device, restored onto the 4x2 mesh: unchanged, resharded.
+  config1 = _config()
+  one_device = _trainer(config1, 1).init(0)
+  _save(tmp_path / 'one', config1, one_device)
+  restored = _restore(tmp_path / 'one', config8, trainer8)
+  assert restored.state.params['conv2']['kernel'].sharding.mesh.devices.size == 8
+  for a, b in zip(jax.tree.leaves(restored.state), jax.tree.leaves(one_device)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope='module')
+def one_device():
+  """A one-device trainer and a fresh state; compiled once for these tests."""
+  config = _config()
+  trainer = _trainer(config, 1)
+  return config, trainer, trainer.init(0)
+
+
+def _at_step(state, step, seed):
+  """`state` moved to `step` with its parameters and momentum changed."""
+  return state.replace(
+      step=jnp.asarray(step, state.step.dtype),
+      params=jax.tree.map(lambda x: x + seed, state.params),
+      opt_state=jax.tree.map(lambda x: x + seed, state.opt_state))
+
+
+def _cut_short(workdir, step):
+  for path in (workdir / 'checkpoints' / str(step) / 'state').rglob('*'):
+    if path.is_file() and path.parent.name == 'd':  # the array data
+      path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous(one_device, tmp_path,
+                                                                 caplog):
+  config, trainer, state = one_device
+  _save(tmp_path, config, _at_step(state, 1, seed=1))
+  _save(tmp_path, config, _at_step(state, 2, seed=2))
+  # Step 2's array data cut short, as by a crash mid-copy; a half-written
+  # save of step 3 under orbax's temporary name.
+  _cut_short(tmp_path, 2)
+  (tmp_path / 'checkpoints' / '3.orbax-checkpoint-tmp-0').mkdir()
+
+  with caplog.at_level('WARNING'):
+    restored = _restore(tmp_path, config, trainer)
+  assert restored.step == 1
+  assert 'Checkpoint 2 in' in caplog.text and 'cannot be read' in caplog.text
+  expected = _at_step(state, 1, seed=1)
+  for a, b in zip(jax.tree.leaves(restored.state), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(a, b)
+  # Set aside, not deleted, so step 2 can be saved again.
+  assert (tmp_path / checkpointing.UNREADABLE_DIR / '2' / 'state').is_dir()
+  assert _saved_steps(tmp_path) == [1]
+
+  # With none readable the run stops and leaves the files where they are.
+  _cut_short(tmp_path, 1)
+  with pytest.raises(RuntimeError, match=r'None of the checkpoints \[1\]'):
+    _restore(tmp_path, config, trainer)
+  assert _saved_steps(tmp_path) == [1]
+
+
+def test_changed_model_config_on_resume_names_the_keys(one_device, tmp_path, caplog):
+  config, trainer, state = one_device
+  _save(tmp_path, config, state)
+  changed = _config()
+  changed.model.num_classes = 5
+  changed.data.image_size = 71
+  changed.log_every_steps = 7  # harmless: allowed and logged
+  with pytest.raises(checkpointing.ConfigMismatchError) as error:
+    _restore(tmp_path, changed, _trainer(changed, 1))
+  message = str(error.value)
+  assert 'model.num_classes: 10 -> 5' in message
+  assert 'data.image_size: 67 -> 71' in message
+  assert 'log_every_steps' not in message
+
+  harmless = _config()
+  harmless.log_every_steps = 7
+  with caplog.at_level('INFO'):
+    assert _restore(tmp_path, harmless, trainer).step == 0
+  assert 'log_every_steps: 62 -> 7' in caplog.text
+
+
+def test_init_from_takes_parameters_but_not_optimizer_state_or_step(one_device, tmp_path):
+  config, trainer, state = one_device
+  source = _at_step(state, 5, seed=1)
+  _save(tmp_path / 'source', config, source)
+  started = checkpointing.load_params(str(tmp_path / 'source'), trainer, state)
+  for a, b in zip(jax.tree.leaves(started.params), jax.tree.leaves(source.params)):
+    np.testing.assert_array_equal(a, b)
+  assert int(started.step) == 0
+  for a, b in zip(jax.tree.leaves(started.opt_state), jax.tree.leaves(state.opt_state)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_unwritable_checkpoint_directory_fails_at_the_first_save(one_device, tmp_path):
+  config, _, state = one_device
+  (tmp_path / 'checkpoints').write_text('a file where the directory should be')
+  checkpoints = checkpointing.Checkpoints(str(tmp_path), config)
+  with pytest.raises(checkpointing.CheckpointWriteError,
+                     match=r'(?s)Could not write the first checkpoint .*writable --workdir'):
+    checkpoints.save(state, results={}, evaluated=False)

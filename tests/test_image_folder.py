@@ -1,0 +1,175 @@
+"""Image folders: layouts, odd files, corrupt files, and the 256x256 copy."""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import image_folder
+import input_pipeline
+import prepare_data
+import train
+from configs import demo as demo_config
+
+
+def _write(path, array: np.ndarray, fmt: str = 'JPEG', mode: str | None = None):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  image = Image.fromarray(array)
+  if mode:
+    image = image.convert(mode)
+  image.save(path, fmt)
+
+
+def _pattern(rng, label: int, size: int = 40) -> np.ndarray:
+  """A class-coloured image with noise, so that classes are learnable."""
+  base = np.zeros((size, size, 3)) + 60
+  base[..., label % 3] = 200
+  return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def _folder(root, *, per_class=6, classes=('a', 'b', 'c'), split_dirs=True,
+            seed=0):
+  rng = np.random.default_rng(seed)
+  for split in (('train', 'validation') if split_dirs else ('',)):
+    for label, name in enumerate(classes):
+      for i in range(per_class):
+        _write(os.path.join(root, split, name, f'{i}.jpg'),
+               _pattern(rng, label))
+  return str(root)
+
+
+def _config(root, **data):
+  config = demo_config.get_config()
+  config.data.image_folder = str(root)
+  config.data.resize_size = 40
+  config.data.image_size = 32
+  config.data.shuffle_buffer = 64
+  config.data.update(data)
+  return config
+
+
+def test_split_folders_give_classes_labels_and_sizes(tmp_path):
+  root = _folder(tmp_path, per_class=4)
+  folder = image_folder.scan(root)
+  assert folder.class_names == ('a', 'b', 'c')
+  paths, labels = folder.splits['validation']
+  assert len(paths) == 12 and sorted(set(labels.tolist())) == [0, 1, 2]
+  assert all(f'/validation/{folder.class_names[l]}/' in p
+             for p, l in zip(paths, labels))
+  info = input_pipeline.dataset_info(_config(root).data)
+  assert info == input_pipeline.DatasetInfo(3, 12, 12)
+
+
+def test_val_fraction_holds_out_each_class_disjointly(tmp_path):
+  root = _folder(tmp_path, per_class=10, split_dirs=False)
+  folder = image_folder.scan(root, val_fraction=0.2)
+  train_paths, _ = folder.splits['train']
+  val_paths, val_labels = folder.splits['validation']
+  assert len(val_paths) == 6 and len(train_paths) == 24
+  assert not set(train_paths) & set(val_paths)
+  assert sorted(val_labels.tolist()) == [0, 0, 1, 1, 2, 2]
+  again = image_folder.scan(root, val_fraction=0.2)
+  np.testing.assert_array_equal(again.splits['validation'][0], val_paths)
+  with pytest.raises(ValueError, match='val_fraction'):
+    image_folder.scan(root)
+
+
+def test_processes_read_disjoint_shards(tmp_path):
+  folder = image_folder.scan(_folder(tmp_path, per_class=5))
+  shards = [[ex['image'] for ex in folder.read(
+      'train', process_index=i, process_count=3).as_numpy_iterator()]
+            for i in range(3)]
+  everything = sum(shards, [])
+  assert sorted(len(s) for s in shards) == [5, 5, 5]
+  assert len(set(everything)) == 15
+
+
+def _odd_files(root):
+  """A corrupt file, a CMYK JPEG, a PNG named .jpg and a grayscale JPEG."""
+  rng = np.random.default_rng(1)
+  good = _pattern(rng, 0)
+  _write(f'{root}/train/a/cmyk.jpg', good, mode='CMYK')
+  _write(f'{root}/train/a/png_named.jpg', _pattern(rng, 0), fmt='PNG')
+  _write(f'{root}/train/b/gray.jpg', _pattern(rng, 1)[..., 0])
+  buffer = io.BytesIO()
+  Image.fromarray(_pattern(rng, 1)).save(buffer, 'JPEG')
+  with open(f'{root}/train/b/truncated.jpg', 'wb') as f:
+    f.write(buffer.getvalue()[:300])
+  return good
+
+
+def test_odd_files_decode_rgb(tmp_path):
+  good = _odd_files(tmp_path)
+  for name in ('a/cmyk.jpg', 'a/png_named.jpg', 'b/gray.jpg'):
+    encoded = tf.io.read_file(f'{tmp_path}/train/{name}')
+    image = input_pipeline.decode_central_square(encoded, 40).numpy()
+    assert image.shape == (40, 40, 3)
+    assert image.std() > 5
+  cmyk = input_pipeline.decode_central_square(
+      tf.io.read_file(f'{tmp_path}/train/a/cmyk.jpg'), 40).numpy()
+  # CMYK -> RGB keeps the colours (up to JPEG's loss).
+  assert np.abs(cmyk.mean((0, 1)) - good.mean((0, 1))).max() < 12
+
+
+def test_odd_folder_trains_and_reports_one_skipped_file(tmp_path):
+  root = _folder(tmp_path / 'data', per_class=3, classes=('a', 'b'))
+  _odd_files(root)
+  config = _config(root, pca_sigma=0.1)
+  config.model.num_classes = 2
+  config.model.features = (8, 16, 16, 16, 8)
+  config.model.fc_features = (16, 16)
+  config.data.resize_size = config.data.image_size = 67
+  config.batch_size = config.eval_batch_size = 8
+  config.num_train_steps = 2   # one epoch of the 10 files, 9 decodable
+  config.log_every_steps = 1
+  results = train.train_and_evaluate(config, str(tmp_path / 'work'))
+  assert results['val_examples'] == 6
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(
+      str(tmp_path / 'work'), size_guidance={'tensors': 0})
+  events.Reload()
+  skipped = [tf.make_ndarray(e.tensor_proto)
+             for e in events.Tensors('skipped_images')]
+  assert skipped[-1] == 1
+
+
+def test_corrupt_file_fails_fast_when_configured(tmp_path):
+  root = _folder(tmp_path, per_class=3, classes=('a', 'b'))
+  _odd_files(root)
+  data = _config(root, skip_corrupt=False).data
+  with pytest.raises(ValueError, match='skip_corrupt'):
+    batches = input_pipeline.train_iterator(data, batch_size=10, seed=0)
+    next(batches)
+
+
+def test_prepare_writes_the_papers_squares_and_training_reads_them(tmp_path):
+  root = _folder(tmp_path / 'src', per_class=2, classes=('a', 'b'))
+  # A landscape image: its central square is what gets stored.
+  wide = np.zeros((40, 80, 3), np.uint8)
+  wide[:, 20:60] = 250
+  _write(f'{root}/validation/a/wide.png', wide, fmt='PNG')
+  prepared = str(tmp_path / 'prepared')
+  data = _config(root, prepared_dir=prepared, resize_size=32,
+                 image_size=32).data
+  summary = prepare_data.prepare(data)
+  assert 'validation: wrote 5 of 5' in summary
+  files = glob.glob(f'{prepared}/validation/*/*.jpg')
+  assert len(files) == 5
+  assert {os.path.basename(os.path.dirname(f)) for f in files} == {
+      '00000', '00001'}
+  sizes = {Image.open(f).size for f in files}
+  assert sizes == {(32, 32)}
+  # The wide PNG's central square is all bright: exactly one copy is.
+  assert sum(np.asarray(Image.open(f)).min() > 200 for f in files) == 1
+  info = input_pipeline.dataset_info(data)
+  assert info == input_pipeline.DatasetInfo(2, 4, 5)
+  batch = next(input_pipeline.train_iterator(data, batch_size=4, seed=0))
+  assert batch['image'].shape == (4, 32, 32, 3)
+  with pytest.raises(FileExistsError):
+    prepare_data.prepare(data)

@@ -1,0 +1,165 @@
+"""Parallelism strategies on 8 simulated devices, the comm report, many processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import comm_report
+import parallel
+import train
+from configs import alexnet as alexnet_config
+from configs import common
+from configs import demo as demo_config
+
+STRATEGIES = sorted(common.PARALLEL)
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _config(strategy, data=1, model=1):
+  config = demo_config.get_config(f'parallel={strategy}')
+  config.model.features = (16, 32, 32, 32, 16)
+  config.model.fc_features = (64, 64)
+  config.data.image_size = 67
+  config.batch_size = 16
+  config.mesh.data, config.mesh.model = data, model
+  return config
+
+
+def _two_steps(config):
+  devices = jax.devices()[:config.mesh.data * config.mesh.model]
+  trainer = train.Trainer(config, parallel.make_mesh(config.mesh, devices), 100)
+  state = trainer.init(config.seed)
+  losses = []
+  for step in range(2):
+    rng = np.random.RandomState(step)
+    batch = {'image': rng.randn(16, 67, 67, 3).astype(np.float32),
+             'label': rng.randint(0, 10, 16).astype(np.int32)}
+    state, metrics = trainer.train_step(state, batch)
+    losses.append(float(metrics.loss.compute()))
+  return np.array(losses), jax.device_get(state.params), state
+
+
+@pytest.fixture(scope='module')
+def single_device():
+  return _two_steps(_config('data'))
+
+
+@pytest.mark.parametrize('strategy', STRATEGIES)
+@pytest.mark.parametrize('data, model', [(8, 1), (4, 2)])
+def test_strategy_matches_one_device(strategy, data, model, single_device):
+  losses, params, _ = _two_steps(_config(strategy, data, model))
+  np.testing.assert_allclose(losses, single_device[0], rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(single_device[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_two_tower_splits_tower_parameters_over_model():
+  _, _, state = _two_steps(_config('two_tower', 4, 2))
+  for layer in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5'):
+    kernel = state.params[layer]['kernel']
+    assert kernel.sharding.spec[0] == 'model', (layer, kernel.sharding.spec)
+    # Each device holds one of the two towers' kernels.
+    assert {s.data.shape[0] for s in kernel.addressable_shards} == {1}
+    momentum = state.opt_state.inner_state[2].trace[layer]['kernel']
+    assert momentum.sharding.spec == kernel.sharding.spec
+  fc6 = state.params['fc6']['kernel']
+  assert fc6.sharding.spec == P(None, 'model')
+
+
+def test_two_tower_talks_only_where_the_paper_joins_the_towers():
+  found = comm_report.compiled_collectives(_config('two_tower', 4, 2))
+  forward = [c for c in found if c.phase == 'forward']
+  # conv1, conv2, LRN, pooling, conv4 and conv5 run per tower, silently.
+  assert {c.layer for c in forward} <= {'conv3', 'fc6', 'fc7', 'fc8'}, forward
+  conv3 = [c for c in forward if c.layer == 'conv3']
+  assert [c.kind for c in conv3] == ['all-gather']
+  # The gathered pooled conv2 maps: (batch 16 / 4 data shards) x 3 x 3 x
+  # (2 towers x 16) float32 at this test's 67x67 input.
+  assert conv3[0].bytes == 4 * 3 * 3 * 32 * 4
+
+
+@pytest.mark.parametrize('strategy', STRATEGIES)
+def test_comm_report_total_is_the_sum_of_its_rows(strategy):
+  config = _config(strategy, 4, 2)
+  found = comm_report.compiled_collectives(config)
+  text = comm_report.format_report(found, config)
+  rows = [line for line in text.splitlines()
+          if line.split()[0] in ('forward', 'backward', 'update')]
+  assert len(rows) == len(found) > 0
+  listed = sum(int(line.split()[-1].replace(',', '')) for line in rows)
+  assert text.splitlines()[-1] == f'Total collective bytes per step: {listed}'
+
+
+def test_data_parallel_all_reduces_exactly_the_gradients():
+  config = _config('data', 8, 1)
+  found = comm_report.compiled_collectives(config)
+  trainer = train.Trainer(config, parallel.make_mesh(config.mesh), 1)
+  state = jax.eval_shape(trainer._p_init, jax.random.PRNGKey(0))
+  param_bytes = sum(p.size * p.dtype.itemsize for p in jax.tree.leaves(state.params))
+  reduced = sum(c.bytes for c in found if c.kind == 'all-reduce')
+  # The three metric sums (loss, top-1, top-5) ride along in the same op.
+  assert reduced - param_bytes in (0, 3 * 4)
+  assert {c.kind for c in found} == {'all-reduce'}
+
+
+def test_paper_config_on_a_4x2_mesh_reports_its_collectives(capsys):
+  config = alexnet_config.get_config('parallel=two_tower')
+  config.mesh.data = 4
+  text = comm_report.report(config)
+  assert 'forward   conv3     all-gather' in text
+  assert text.splitlines()[-1].startswith('Total collective bytes per step: ')
+
+
+def test_unknown_logical_axis_is_refused():
+  config = _config('data')
+  config.axis_rules = (('batch', 'data'), ('towr', 'model'))
+  with pytest.raises(ValueError, match="names logical axis 'towr'"):
+    train.Trainer(config, parallel.make_mesh(config.mesh, jax.devices()[:1]), 1)
+
+
+def test_more_model_shards_than_towers_is_refused():
+  config = _config('two_tower', 2, 4)
+  with pytest.raises(ValueError, match="2 towers do not split over the 4 devices"):
+    train.Trainer(config, parallel.make_mesh(config.mesh), 1)
+
+
+def test_model_axis_that_does_not_divide_a_layer_is_refused():
+  config = _config('owt', 1, 8)
+  config.model.fc_features = (60, 60)
+  with pytest.raises(ValueError, match=r"params\['fc6'\]\['(bias|kernel)'\] has a dimension of 60"):
+    train.Trainer(config, parallel.make_mesh(config.mesh), 1)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _worker(*args):
+  return subprocess.Popen(
+      [sys.executable, os.path.join(HERE, 'distributed_worker.py'), *map(str, args)],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+
+
+def _losses(proc):
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out[-3000:]
+  return json.loads(next(l for l in out.splitlines() if l.startswith('LOSSES '))[7:])
+
+
+def test_two_processes_match_one_process():
+  address = f'localhost:{_free_port()}'
+  workers = [_worker(address, 2, i, 4) for i in range(2)]
+  two = [_losses(w) for w in workers]
+  one = _losses(_worker('-', 1, 0, 8))
+  np.testing.assert_allclose(two[0], one, rtol=1e-5)
+  np.testing.assert_allclose(two[1], one, rtol=1e-5)
