@@ -8,6 +8,7 @@ rule table, not a code path.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any, Sequence
 
@@ -26,11 +27,13 @@ Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
 
 def _cluster_detected() -> bool:
-  """Whether this process is one of several that a cluster manager started."""
+  """Whether a cluster manager started this process, so jax.distributed can
+  read the process layout from the environment (Cloud TPU: its metadata)."""
   env = os.environ
   return (int(env.get('SLURM_NTASKS', '1')) > 1
           or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
-          or ',' in env.get('TPU_WORKER_HOSTNAMES', ''))
+          or 'TPU_WORKER_HOSTNAMES' in env or 'TPU_PROCESS_ADDRESSES' in env
+          or importlib.util.find_spec('libtpu') is not None)
 
 
 def initialize_distributed(coordinator_address: str | None = None,
