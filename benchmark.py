@@ -13,11 +13,11 @@ import ml_collections
 import numpy as np
 
 import parallel
-import train
+from trainer import Trainer
 
 
 def _step_timer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-  trainer = train.Trainer(config, mesh, steps_per_epoch=1000)
+  trainer = Trainer(config, mesh, steps_per_epoch=1000)
   state = trainer.init(config.seed)
   rng = np.random.RandomState(0)
   size = config.data.image_size

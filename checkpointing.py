@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import flax
 import jax
@@ -29,8 +29,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-if TYPE_CHECKING:  # train imports this module
-  import train
+from trainer import TrainState, Trainer
+
 
 CHECKPOINT_DIR = 'checkpoints'
 # Unreadable checkpoints are moved here, out of orbax's sight, not deleted.
@@ -63,7 +63,7 @@ class CheckpointWriteError(OSError):
 
 @dataclasses.dataclass(frozen=True)
 class Restored:
-  state: train.TrainState
+  state: TrainState
   step: int
   data_position: int          # training batches consumed
   results: dict[str, Any]     # the latest validation results, or {}
@@ -127,7 +127,7 @@ class Checkpoints:
 
   # --- saving -----------------------------------------------------------
 
-  def save(self, state: train.TrainState, *, results: dict[str, Any],
+  def save(self, state: TrainState, *, results: dict[str, Any],
            evaluated: bool) -> None:
     """Saves `state` at its step; in the background if configured so.
 
@@ -179,7 +179,7 @@ class Checkpoints:
       return None
     return step
 
-  def restore_latest(self, trainer: train.Trainer) -> Restored | None:
+  def restore_latest(self, trainer: Trainer) -> Restored | None:
     """The newest readable checkpoint, or None if there is none.
 
     A checkpoint that cannot be read is reported and the one before it is
@@ -210,7 +210,7 @@ class Checkpoints:
           'new --workdir.')
     return None
 
-  def restore(self, trainer: train.Trainer, step: int) -> Restored:
+  def restore(self, trainer: Trainer, step: int) -> Restored:
     """Checkpoint `step`, resharded onto `trainer`'s mesh."""
     saved = self._manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
@@ -242,8 +242,8 @@ class Checkpoints:
     return self._manager.reached_preemption(step)
 
 
-def load_params(path: str, trainer: train.Trainer,
-                state: train.TrainState) -> train.TrainState:
+def load_params(path: str, trainer: Trainer,
+                state: TrainState) -> TrainState:
   """`state` with the parameters (and BatchNorm statistics) of checkpoint `path`.
 
   `path` is a workdir (its latest checkpoint), its checkpoints/ directory, or

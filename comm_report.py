@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 import parallel
-import train
+from trainer import Trainer
 
 KINDS = ('all-gather', 'all-reduce', 'reduce-scatter', 'all-to-all',
          'collective-permute')
@@ -75,7 +75,7 @@ def collectives(hlo_text: str) -> list[Collective]:
 
 def compiled_collectives(config: ml_collections.ConfigDict) -> list[Collective]:
   mesh = parallel.make_mesh(config.mesh)
-  trainer = train.Trainer(config, mesh, steps_per_epoch=1)
+  trainer = Trainer(config, mesh, steps_per_epoch=1)
   return collectives(trainer.lower_train_step().compile().as_text())
 
 

@@ -8,7 +8,7 @@ import ml_collections
 import checkpointing
 import input_pipeline
 import parallel
-import train
+from trainer import Trainer
 
 # The paper's test averages the softmax over ten crops (corners, centre and
 # their mirror images); the centre crop alone is the common cheaper number.
@@ -39,7 +39,7 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Evaluates config.eval.checkpoint of `workdir`; returns a table."""
   mesh = parallel.make_mesh(config.mesh)
   # steps_per_epoch only places the step schedule's boundaries: unused here.
-  trainer = train.Trainer(config, mesh, steps_per_epoch=1)
+  trainer = Trainer(config, mesh, steps_per_epoch=1)
   checkpoints = checkpointing.Checkpoints(workdir, config, read_only=True)
   step = _choose_step(str(config.eval.checkpoint), checkpoints)
   state = checkpoints.restore(trainer, step).state

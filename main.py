@@ -1,5 +1,6 @@
 """Entry point: python main.py --config=configs/alexnet.py --workdir=DIR [--mode=...]."""
 
+import importlib
 import re
 import sys
 
@@ -11,17 +12,32 @@ config_flags.DEFINE_config_file(
     'config', None, 'Training configuration; FILE:variants, e.g. '
     'configs/alexnet.py:lrn=off,pool=2x2.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for metrics, checkpoints and results.')
-flags.DEFINE_enum(
-    'mode', 'train', ['train', 'summary', 'benchmark', 'stats', 'prepare',
-                      'benchmark_input', 'eval', 'comm_report'],
-    'train: train and evaluate; summary: print the layer table; benchmark: '
-    'train-step img/s against the same network as a single tower; stats: '
-    "write the training split's mean image, channel mean/std and RGB PCA to "
-    'data.stats_file; prepare: write the dataset as 256x256 JPEGs to '
-    'data.prepared_dir; benchmark_input: input-pipeline img/s against PIL '
-    'and JPEG decoding alone; eval: top-1/top-5 errors of a saved checkpoint '
-    '(config.eval.checkpoint) with centre crop and 10-crop; comm_report: the '
-    'collectives of the compiled train step and their bytes.')
+
+# --mode: (module, function, what it takes, help). Modules load only when their
+# mode runs; each function takes the config, its `data` part, or the config and
+# --workdir, and returns what to print (train logs instead).
+MODES = {
+    'train': ('train', 'train_and_evaluate', 'workdir',
+              'train and evaluate, resuming from the workdir\'s checkpoints'),
+    'eval': ('evaluation', 'report', 'workdir',
+             'top-1/top-5 errors of a saved checkpoint (config.eval.checkpoint), '
+             'centre crop and 10-crop'),
+    'summary': ('summary', 'summarize', 'config',
+                'every layer\'s output shape, parameters and FLOPs'),
+    'benchmark': ('benchmark', 'report', 'config',
+                  'train-step img/s against the same network as a single tower'),
+    'comm_report': ('comm_report', 'report', 'config',
+                    'the collectives of the compiled train step and their bytes'),
+    'stats': ('data_stats', 'write', 'data',
+              "write the training split's mean image, channel mean/std and RGB "
+              'PCA to data.stats_file'),
+    'prepare': ('prepare_data', 'prepare', 'data',
+                'write the dataset as 256x256 JPEGs to data.prepared_dir'),
+    'benchmark_input': ('benchmark_input', 'report', 'config',
+                        'input-pipeline img/s against PIL and JPEG decoding alone'),
+}
+flags.DEFINE_enum('mode', 'train', list(MODES),
+                  '; '.join(f'{mode}: {help_}' for mode, (*_, help_) in MODES.items()))
 flags.DEFINE_string('coordinator_address', None,
                     'host:port of process 0, for several processes without a '
                     'cluster manager (SLURM and Cloud TPU are detected).')
@@ -55,42 +71,19 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  module, function, takes, _ = MODES[FLAGS.mode]
+  if takes == 'workdir' and not FLAGS.workdir:
+    raise app.UsageError(f'--workdir is required for --mode={FLAGS.mode}.')
   import parallel
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
-  if FLAGS.mode == 'summary':
-    import summary
-    print(summary.summarize(FLAGS.config))
-    return
-  if FLAGS.mode == 'comm_report':
-    import comm_report
-    print(comm_report.report(FLAGS.config))
-    return
-  if FLAGS.mode == 'benchmark':
-    import benchmark
-    print(benchmark.report(FLAGS.config))
-    return
-  if FLAGS.mode == 'stats':
-    import data_stats
-    print(data_stats.write(FLAGS.config.data))
-    return
-  if FLAGS.mode == 'prepare':
-    import prepare_data
-    print(prepare_data.prepare(FLAGS.config.data))
-    return
-  if FLAGS.mode == 'benchmark_input':
-    import benchmark_input
-    print(benchmark_input.report(FLAGS.config))
-    return
-  if not FLAGS.workdir:
-    raise app.UsageError(f'--workdir is required for --mode={FLAGS.mode}.')
-  if FLAGS.mode == 'eval':
-    import evaluation
-    print(evaluation.report(FLAGS.config, FLAGS.workdir))
-    return
-  import train  # heavy imports after flag parsing keep --help fast
   logging.info('Config:\n%s', FLAGS.config)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  run = getattr(importlib.import_module(module), function)
+  args = {'config': (FLAGS.config,), 'data': (FLAGS.config.data,),
+          'workdir': (FLAGS.config, FLAGS.workdir)}[takes]
+  output = run(*args)
+  if isinstance(output, str):
+    print(output)
 
 
 if __name__ == '__main__':

@@ -1,228 +1,23 @@
 """train_and_evaluate(config, workdir): the training loop, evaluation and metrics."""
 
-import contextlib
 import functools
 import json
 import os
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
-from clu import metric_writers, metrics, periodic_actions
-from optax.contrib import ReduceLROnPlateauState
+from clu import metric_writers, periodic_actions
 
 import checkpointing
 import input_pipeline
-import lr_schedule
 import metric_log
 import parallel
-from models import AlexNet
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything that evolves during training."""
-  step: jax.Array
-  params: Any
-  batch_stats: Any                  # BatchNorm running statistics, or {}
-  opt_state: optax.OptState
-  plateau: ReduceLROnPlateauState   # the learning-rate plateau logic
-  rng: jax.Array                    # dropout key; folded with the step
-
-
-_ERRORS = dict(
-    loss=metrics.Average.from_output('loss'),
-    top1_error=metrics.Average.from_output('top1_error'),
-    top5_error=metrics.Average.from_output('top5_error'))
-EvalMetrics = metrics.Collection.create(**_ERRORS)
-TrainMetrics = metrics.Collection.create(
-    **_ERRORS, learning_rate=metrics.LastValue.from_output('learning_rate'))
-
-
-def paper_sgd(learning_rate: float, momentum: float,
-              weight_decay: float) -> optax.GradientTransformation:
-  """The paper's update: v <- m v - wd lr w - lr g;  w <- w + v.
-
-  Scaling by the learning rate before the momentum trace (unlike optax.sgd)
-  keeps past steps at the rate they were taken with when the rate drops.
-  """
-  return optax.chain(
-      optax.add_decayed_weights(weight_decay),
-      optax.scale_by_learning_rate(learning_rate),
-      optax.trace(decay=momentum))
-
-
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  # The learning rate is injected so each step can set it from the schedule.
-  return optax.inject_hyperparams(paper_sgd)(**config.optimizer)
-
-
-def classification_outputs(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
-  """Per-example cross-entropy loss and top-1 / top-5 errors.
-
-  The label's rank (how many classes score higher) gives both errors without
-  top_k, which XLA's partitioner would gather across the batch shards.
-  """
-  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-  rank = jnp.sum(logits > label_logit, axis=-1)
-  return dict(
-      loss=optax.softmax_cross_entropy_with_integer_labels(logits, labels),
-      top1_error=(rank >= 1).astype(jnp.float32),
-      top5_error=(rank >= 5).astype(jnp.float32))
-
-
-def _variables(state: TrainState, params: Any) -> dict[str, Any]:
-  return {'params': params, **({'batch_stats': state.batch_stats}
-                               if state.batch_stats else {})}
-
-
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-               tx: optax.GradientTransformation,
-               learning_rate: lr_schedule.LearningRate) -> tuple[TrainState, TrainMetrics]:
-  """One SGD step on a global batch."""
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
-
-  def loss_fn(params):
-    logits, updates = model.apply(
-        _variables(state, params), batch['image'], train=True,
-        rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
-    outputs = classification_outputs(logits, batch['label'])
-    return outputs['loss'].mean(), (outputs, updates)
-
-  grads, (outputs, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
-  lr = learning_rate(state.step, state.plateau)
-  opt_state = state.opt_state
-  opt_state.hyperparams['learning_rate'] = lr
-  param_updates, opt_state = tx.update(grads, opt_state, state.params)
-  new_state = state.replace(
-      step=state.step + 1,
-      params=optax.apply_updates(state.params, param_updates),
-      batch_stats=updates.get('batch_stats', state.batch_stats),
-      opt_state=opt_state)
-  return new_state, TrainMetrics.single_from_model_output(learning_rate=lr, **outputs)
-
-
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
-              model: nn.Module) -> EvalMetrics:
-  images = batch['image']
-  if images.ndim == 5:
-    # (batch, crops, H, W, C): the paper's test averages the crops' softmax;
-    # log of that mean, taken stably, stands in for the logits.
-    logits = model.apply(_variables(state, state.params),
-                         images.reshape(-1, *images.shape[2:]), train=False)
-    log_probs = jax.nn.log_softmax(logits).reshape(*images.shape[:2], -1)
-    logits = jax.nn.logsumexp(log_probs, axis=1) - jnp.log(images.shape[1])
-  else:
-    logits = model.apply(_variables(state, state.params), images, train=False)
-  return EvalMetrics.single_from_model_output(
-      mask=batch['mask'], **classification_outputs(logits, batch['label']))
-
-
-class Trainer:
-  """The model, optimizer and schedule, compiled for one mesh."""
-
-  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-               steps_per_epoch: int):
-    parallel.check_rules(config.axis_rules)
-    parallel.check_batch(config.batch_size, mesh, config.axis_rules)
-    parallel.check_batch(config.eval_batch_size, mesh, config.axis_rules,
-                         'eval_batch_size')
-    self.config = config
-    self.mesh = mesh
-    self.rules = list(config.axis_rules)
-    self.model = AlexNet(**config.model)
-    self.tx = create_optimizer(config)
-    self.learning_rate = lr_schedule.LearningRate(
-        config.optimizer, config.schedule, steps_per_epoch)
-    self.batch_sharding = parallel.batch_sharding(mesh, self.rules)
-
-    image_size = config.data.image_size
-    self._init = functools.partial(self._boxed_state, image_size=image_size)
-    with self._context():
-      abstract = jax.eval_shape(self._init, jax.random.PRNGKey(0))
-    self.state_sharding = parallel.logical_shardings(abstract, mesh, self.rules)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    self._p_init = jax.jit(lambda rng: nn.meta.unbox(self._init(rng)),
-                           out_shardings=self.state_sharding)
-    self._p_train_step = jax.jit(
-        functools.partial(train_step, model=self.model, tx=self.tx,
-                          learning_rate=self.learning_rate),
-        in_shardings=(self.state_sharding, self.batch_sharding),
-        out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-    self._p_eval_step = jax.jit(
-        functools.partial(eval_step, model=self.model),
-        in_shardings=(self.state_sharding, self.batch_sharding),
-        out_shardings=replicated)
-
-  @contextlib.contextmanager
-  def _context(self):
-    """Tracing happens under the mesh and the logical-axis rules."""
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      yield
-
-  def _boxed_state(self, rng: jax.Array, image_size: int) -> TrainState:
-    params_rng, dropout_rng = jax.random.split(rng)
-    # One example per batch shard, so sharded layers see a divisible batch.
-    shards = int(np.prod([self.mesh.shape[a] for a in parallel.batch_axes(self.rules)]))
-    dummy = jnp.zeros((shards, image_size, image_size, 3), jnp.float32)
-    variables = self.model.init(params_rng, dummy, train=False)
-    params = variables['params']
-    return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params,
-        batch_stats=variables.get('batch_stats', {}),
-        opt_state=self.tx.init(params), plateau=self.learning_rate.init(),
-        rng=dropout_rng)
-
-  def init(self, seed: int) -> TrainState:
-    with self._context():
-      return self._p_init(jax.random.PRNGKey(seed))
-
-  def abstract_state(self) -> TrainState:
-    """The state's shapes, dtypes and shardings on this mesh, computing nothing.
-
-    Restoring a checkpoint into it reshards the saved state onto this mesh.
-    """
-    with self._context():
-      return jax.eval_shape(self._p_init, jax.random.PRNGKey(0))
-
-  def lower_train_step(self) -> jax.stages.Lowered:
-    """The train step lowered for this mesh on abstract inputs (no data, no init)."""
-    size = self.config.data.image_size
-    batch = self.config.batch_size
-    with self._context():
-      state = jax.eval_shape(self._p_init, jax.random.PRNGKey(0))
-      return self._p_train_step.lower(state, {
-          'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32,
-                                        sharding=self.batch_sharding),
-          'label': jax.ShapeDtypeStruct((batch,), jnp.int32,
-                                        sharding=self.batch_sharding)})
-
-  def train_step(self, state: TrainState,
-                 batch: dict[str, np.ndarray]) -> tuple[TrainState, TrainMetrics]:
-    with self._context():
-      return self._p_train_step(state, parallel.global_batch(batch, self.batch_sharding))
-
-  def evaluate(self, state: TrainState,
-               batches: Iterator[dict[str, np.ndarray]]) -> EvalMetrics:
-    total = None
-    with self._context():
-      for batch in batches:
-        m = self._p_eval_step(state, parallel.global_batch(batch, self.batch_sharding))
-        total = m if total is None else total.merge(m)
-    if total is None:
-      raise ValueError('The evaluation split yielded no batches.')
-    return total
-
-  def after_eval(self, state: TrainState, val_top1_error: float) -> TrainState:
-    return state.replace(
-        plateau=self.learning_rate.after_eval(state.plateau, val_top1_error))
+from trainer import Trainer, TrainMetrics
 
 
 def _check_finite(step_metrics: list[TrainMetrics], first_step: int) -> None:

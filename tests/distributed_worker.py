@@ -17,7 +17,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import parallel  # noqa: E402
-import train  # noqa: E402
+from trainer import Trainer  # noqa: E402
 from configs import demo  # noqa: E402
 
 STEPS = 3
@@ -32,7 +32,7 @@ def main() -> None:
   config.data.image_size = 67
   config.batch_size = 16
   config.mesh.data = 4
-  trainer = train.Trainer(config, parallel.make_mesh(config.mesh), steps_per_epoch=100)
+  trainer = Trainer(config, parallel.make_mesh(config.mesh), steps_per_epoch=100)
   state = trainer.init(config.seed)
   local = config.batch_size // jax.process_count()
   rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)

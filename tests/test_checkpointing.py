@@ -18,7 +18,7 @@ import pytest
 import checkpointing
 import metric_log
 import parallel
-import train
+from trainer import Trainer
 from test_main import REPO, _tiny_demo_flags
 from test_train import _batch, _small_config
 
@@ -168,7 +168,7 @@ def _config(data=1, model=1):
 
 def _trainer(config, num_devices):
   mesh = parallel.make_mesh(config.mesh, jax.devices()[:num_devices])
-  return train.Trainer(config, mesh, steps_per_epoch=100)
+  return Trainer(config, mesh, steps_per_epoch=100)
 
 
 def _train(trainer, state, steps):

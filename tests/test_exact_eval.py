@@ -12,7 +12,7 @@ from PIL import Image
 
 import input_pipeline
 import parallel
-import train
+from trainer import Trainer
 from configs import demo as demo_config
 
 SIZE = 67  # the smallest input the paper's geometry takes
@@ -31,7 +31,7 @@ def _config(root=None):
 
 def _trainer(config, devices):
   mesh = parallel.make_mesh(config.mesh, devices)
-  trainer = train.Trainer(config, mesh, steps_per_epoch=10)
+  trainer = Trainer(config, mesh, steps_per_epoch=10)
   return trainer, trainer.init(0)
 
 

@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 import comm_report
 import parallel
-import train
+from trainer import Trainer
 from configs import alexnet as alexnet_config
 from configs import common
 from configs import demo as demo_config
@@ -34,7 +34,7 @@ def _config(strategy, data=1, model=1):
 
 def _two_steps(config):
   devices = jax.devices()[:config.mesh.data * config.mesh.model]
-  trainer = train.Trainer(config, parallel.make_mesh(config.mesh, devices), 100)
+  trainer = Trainer(config, parallel.make_mesh(config.mesh, devices), 100)
   state = trainer.init(config.seed)
   losses = []
   for step in range(2):
@@ -100,8 +100,8 @@ def test_comm_report_total_is_the_sum_of_its_rows(strategy):
 def test_data_parallel_all_reduces_exactly_the_gradients():
   config = _config('data', 8, 1)
   found = comm_report.compiled_collectives(config)
-  trainer = train.Trainer(config, parallel.make_mesh(config.mesh), 1)
-  state = jax.eval_shape(trainer._p_init, jax.random.PRNGKey(0))
+  trainer = Trainer(config, parallel.make_mesh(config.mesh), 1)
+  state = trainer.abstract_state()
   param_bytes = sum(p.size * p.dtype.itemsize for p in jax.tree.leaves(state.params))
   reduced = sum(c.bytes for c in found if c.kind == 'all-reduce')
   # The three metric sums (loss, top-1, top-5) ride along in the same op.
@@ -121,20 +121,20 @@ def test_unknown_logical_axis_is_refused():
   config = _config('data')
   config.axis_rules = (('batch', 'data'), ('towr', 'model'))
   with pytest.raises(ValueError, match="names logical axis 'towr'"):
-    train.Trainer(config, parallel.make_mesh(config.mesh, jax.devices()[:1]), 1)
+    Trainer(config, parallel.make_mesh(config.mesh, jax.devices()[:1]), 1)
 
 
 def test_more_model_shards_than_towers_is_refused():
   config = _config('two_tower', 2, 4)
   with pytest.raises(ValueError, match="2 towers do not split over the 4 devices"):
-    train.Trainer(config, parallel.make_mesh(config.mesh), 1)
+    Trainer(config, parallel.make_mesh(config.mesh), 1)
 
 
 def test_model_axis_that_does_not_divide_a_layer_is_refused():
   config = _config('owt', 1, 8)
   config.model.fc_features = (60, 60)
   with pytest.raises(ValueError, match=r"params\['fc6'\]\['(bias|kernel)'\] has a dimension of 60"):
-    train.Trainer(config, parallel.make_mesh(config.mesh), 1)
+    Trainer(config, parallel.make_mesh(config.mesh), 1)
 
 
 def _free_port():

@@ -9,7 +9,7 @@ import pytest
 
 import lr_schedule
 import parallel
-import train
+from trainer import Trainer, paper_sgd
 from configs import demo as demo_config
 
 
@@ -34,7 +34,7 @@ def _batch(config, seed=0):
 
 def _losses(config, devices, steps=4):
   mesh = parallel.make_mesh(config.mesh, devices)
-  trainer = train.Trainer(config, mesh, steps_per_epoch=100)
+  trainer = Trainer(config, mesh, steps_per_epoch=100)
   state = trainer.init(config.seed)
   batch = _batch(config)
   losses = []
@@ -57,7 +57,7 @@ def test_loss_falls_and_is_the_same_on_1_and_8_devices():
 def test_state_is_sharded_over_the_mesh():
   config = _small_config()
   mesh = parallel.make_mesh(config.mesh, jax.devices()[:8])
-  trainer = train.Trainer(config, mesh, steps_per_epoch=10)
+  trainer = Trainer(config, mesh, steps_per_epoch=10)
   state = trainer.init(0)
   kernel = state.params['conv2']['kernel']
   assert kernel.sharding.mesh.shape == {'data': 8, 'model': 1}
@@ -65,7 +65,7 @@ def test_state_is_sharded_over_the_mesh():
 
 
 def test_paper_sgd_is_the_papers_update_rule():
-  tx = optax.inject_hyperparams(train.paper_sgd)(
+  tx = optax.inject_hyperparams(paper_sgd)(
       learning_rate=0.01, momentum=0.9, weight_decay=0.0005)
   w = jnp.array([1.0, -2.0])
   state = tx.init(w)
@@ -119,7 +119,7 @@ def test_batch_not_divisible_by_devices_is_refused():
   config.batch_size = 12
   mesh = parallel.make_mesh(config.mesh, jax.devices()[:8])
   with pytest.raises(ValueError, match=r'batch_size=12 is not divisible by the 8 devices'):
-    train.Trainer(config, mesh, steps_per_epoch=10)
+    Trainer(config, mesh, steps_per_epoch=10)
 
 
 @pytest.mark.parametrize('data, model, match', [
