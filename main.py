@@ -1,6 +1,8 @@
 """Entry point: python main.py --config=configs/alexnet.py --workdir=DIR [--mode=...]."""
 
 import importlib
+import logging as std_logging
+import os
 import re
 import sys
 
@@ -68,7 +70,17 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f'Error: {message}\nPass --helpshort to see the flags.')
 
 
+class _QuietLibraries:
+  """Drops orbax's and TFDS's routine INFO lines, which would bury the run's own."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return (record.levelno > std_logging.INFO or not any(
+        f'{os.sep}{lib}{os.sep}' in record.pathname
+        for lib in ('orbax', 'tensorflow_datasets')))
+
+
 def main(argv):
+  logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   module, function, takes, _ = MODES[FLAGS.mode]
