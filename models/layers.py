@@ -8,6 +8,7 @@ tower is still computed with plain convolutions.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -40,12 +41,14 @@ def _sharded_towers(fn, x, kernel, bias, mix_towers):
   """
   tower, batch = _mesh_axis('tower'), _mesh_axis('batch')
   mesh = jax.sharding.get_abstract_mesh()
-  if tower is None or mesh.empty or mesh.shape[tower] == 1:
+  shards = 1 if tower is None or mesh.empty else math.prod(
+      mesh.shape[a] for a in ((tower,) if isinstance(tower, str) else tower))
+  if shards == 1:
     return fn(x, kernel, bias)
-  if kernel.shape[0] % mesh.shape[tower]:
+  if kernel.shape[0] % shards:
     raise ValueError(f'{kernel.shape[0]} towers do not split over the '
-                     f'{mesh.shape[tower]} devices of mesh axis {tower!r}; '
-                     f'use --config.mesh.{tower}=2 (one tower a shard) or 1.')
+                     f'{shards} devices of mesh axis {tower!r}; use a mesh '
+                     'with one tower a shard (e.g. --config.mesh.model=2) or 1.')
   P = jax.sharding.PartitionSpec
   return jax.shard_map(
       fn, in_specs=(P(None if mix_towers else tower, batch), P(tower), P(tower)),
