@@ -102,10 +102,15 @@ def batch_axes(rules: Rules) -> tuple[str, ...]:
   return _as_tuple(nn.logical_to_mesh_axes(('batch',), list(rules))[0])
 
 
+def batch_shards(mesh: Mesh, rules: Rules) -> int:
+  """How many pieces a batch is split into."""
+  return int(np.prod([mesh.shape[a] for a in batch_axes(rules)]))
+
+
 def check_batch(batch_size: int, mesh: Mesh, rules: Rules,
                 what: str = 'batch_size') -> None:
   axes = batch_axes(rules)
-  shards = int(np.prod([mesh.shape[a] for a in axes]))
+  shards = batch_shards(mesh, rules)
   multiple = int(np.lcm(shards, jax.process_count()))
   if batch_size % multiple:
     raise ValueError(

@@ -139,13 +139,11 @@ class Trainer:
         config.optimizer, config.schedule, steps_per_epoch)
     self.batch_sharding = parallel.batch_sharding(mesh, self.rules)
 
-    image_size = config.data.image_size
-    self._init = functools.partial(self._boxed_state, image_size=image_size)
     with self._context():
-      abstract = jax.eval_shape(self._init, jax.random.PRNGKey(0))
+      abstract = jax.eval_shape(self._boxed_state, jax.random.PRNGKey(0))
     self.state_sharding = parallel.logical_shardings(abstract, mesh, self.rules)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    self._p_init = jax.jit(lambda rng: nn.meta.unbox(self._init(rng)),
+    self._p_init = jax.jit(lambda rng: nn.meta.unbox(self._boxed_state(rng)),
                            out_shardings=self.state_sharding)
     self._p_train_step = jax.jit(
         functools.partial(train_step, model=self.model, tx=self.tx,
@@ -163,11 +161,12 @@ class Trainer:
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       yield
 
-  def _boxed_state(self, rng: jax.Array, image_size: int) -> TrainState:
+  def _boxed_state(self, rng: jax.Array) -> TrainState:
     params_rng, dropout_rng = jax.random.split(rng)
     # One example per batch shard, so sharded layers see a divisible batch.
-    shards = int(np.prod([self.mesh.shape[a] for a in parallel.batch_axes(self.rules)]))
-    dummy = jnp.zeros((shards, image_size, image_size, 3), jnp.float32)
+    size = self.config.data.image_size
+    dummy = jnp.zeros((parallel.batch_shards(self.mesh, self.rules), size, size, 3),
+                      jnp.float32)
     variables = self.model.init(params_rng, dummy, train=False)
     params = variables['params']
     return TrainState(
