@@ -10,20 +10,15 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 
 import parallel
-from trainer import Trainer
+from trainer import Trainer, synthetic_batch
 
 
 def _step_timer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   trainer = Trainer(config, mesh, steps_per_epoch=1000)
   state = trainer.init(config.seed)
-  rng = np.random.RandomState(0)
-  size = config.data.image_size
-  local = config.batch_size // jax.process_count()
-  batch = {'image': rng.randn(local, size, size, 3).astype(np.float32),
-           'label': rng.randint(0, config.model.num_classes, local).astype(np.int32)}
+  batch = synthetic_batch(config, config.batch_size // jax.process_count())
   state, _ = trainer.train_step(state, batch)  # compile
   jax.block_until_ready(state)
 

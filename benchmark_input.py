@@ -1,4 +1,4 @@
-"""--mode=benchmark_input: training-pipeline images/s against two baselines.
+"""--mode=benchmark_input: training-pipeline images/s against baselines.
 
 On the configured dataset, in one run and on the same images, with the same
 number of workers (one per CPU):
@@ -7,8 +7,11 @@ number of workers (one per CPU):
   PIL          a plain PIL + NumPy loader doing the same decode, resize, crop
                and flip in a multiprocessing pool
   decode-only  JPEG decoding alone (tf.data, one thread per worker)
+  decode+crop  the pipeline's decoding step alone (decode_crop: the crop's
+               window decoded and resampled), the same way: what decoding
+               costs the pipeline, without shuffling, augmentation or batching
 
-The three alternate over a few rounds and each reports its best round, so a
+They alternate over a few rounds and each reports its best round, so a
 busy shared machine skews them alike. The last line reads
 `input img/s: N  vs PIL: Rx  vs decode-only: Dx`.
 
@@ -74,15 +77,14 @@ def _pil_timer(images: list[bytes], data: ml_collections.ConfigDict,
   # spawn: forking a process that runs JAX's threads can deadlock.
   pool = multiprocessing.get_context('spawn').Pool(
       workers, initializer=_set_worker_images, initargs=(images,))
-  mean, std = np.float32(data.mean_rgb), np.float32(data.std_rgb)
 
   def run() -> float:
     start = time.perf_counter()
     jobs = [(i, data.resize_size, data.image_size, 0) for i in range(len(images))]
     crops = pool.imap(_pil_example, jobs, chunksize=8)
     for _ in range(len(images) // batch_size):
-      batch = np.stack([next(crops) for _ in range(batch_size)])
-      (batch.astype(np.float32) - mean) / std  # the loader's normalisation
+      # uint8 batches, as the training pipeline's.
+      np.stack([next(crops) for _ in range(batch_size)])
     return (len(images) // batch_size) * batch_size / (time.perf_counter() - start)
 
   run()  # start the workers
@@ -93,11 +95,11 @@ def _pil_timer(images: list[bytes], data: ml_collections.ConfigDict,
 # Decoding alone, and the training pipeline.
 
 
-def _decode_timer(images: list[bytes], workers: int) -> Callable[[], float]:
+def _decode_timer(images: list[bytes], workers: int,
+                  decode: Callable[[tf.Tensor], tf.Tensor]) -> Callable[[], float]:
+  # One pixel of each image is kept, so nothing is pruned or batched.
   ds = tf.data.Dataset.from_tensor_slices(images).map(
-      lambda x: tf.shape(tf.io.decode_image(x, channels=3,
-                                            expand_animations=False))[0],
-      num_parallel_calls=workers)
+      lambda x: decode(x)[0, 0, 0], num_parallel_calls=workers)
   options = tf.data.Options()
   options.threading.private_threadpool_size = workers
   ds = ds.with_options(options)
@@ -138,20 +140,25 @@ def _encoded_training_images(data: ml_collections.ConfigDict,
 
 
 def report(config: ml_collections.ConfigDict) -> str:
-  """Runs the three loaders in alternation; returns the report."""
+  """Runs the loaders in alternation; returns the report."""
   data = config.data
   workers = len(os.sched_getaffinity(0))  # the CPUs this process may use
   batch_size = config.batch_size // jax.process_count()
   images = _encoded_training_images(data, _IMAGES_PER_ROUND)
   pipeline = _pipeline_timer(data, batch_size, config.seed)
-  decode = _decode_timer(images, workers)
-  pil, stop_pil = _pil_timer(images, data, batch_size, workers)
-  rates = {'input': [], 'PIL': [], 'decode-only': []}
+  timers = {
+      'input': pipeline,
+      'decode-only': _decode_timer(images, workers, lambda x: tf.io.decode_image(
+          x, channels=3, expand_animations=False)),
+      'decode+crop': _decode_timer(images, workers, lambda x: input_pipeline.decode_crop(
+          x, resize_size=data.resize_size, top=0, left=0, size=data.image_size)),
+  }
+  timers['PIL'], stop_pil = _pil_timer(images, data, batch_size, workers)
+  rates = {name: [] for name in timers}
   try:
     for _ in range(_ROUNDS):
-      rates['input'].append(pipeline())
-      rates['PIL'].append(pil())
-      rates['decode-only'].append(decode())
+      for name, timer in timers.items():
+        rates[name].append(timer())
   finally:
     stop_pil()
   best = {k: max(v) for k, v in rates.items()}

@@ -12,6 +12,12 @@ mean image of a stats file), then for training a random `image_size` crop,
 a horizontal reflection and PCA lighting, and for evaluation the centre crop
 or the ten crops (corners, centre and their reflections).
 
+Batches carry the crops as uint8 pixels and, per image, the colour `shift`
+to add to them (minus the mean, plus the lighting offset); the compiled
+step finishes with (image + shift) / std (trainer.standardize). Float
+arithmetic over every pixel costs the host a fifth of its decoding rate and
+quadruples the bytes sent to the devices; there it fuses into conv1.
+
 Each process reads a disjoint shard; `batch_size` here is the per-process
 batch. The training stream is a pure function of (seed, process, epoch):
 epoch e is the shard shuffled with a seed derived from them, and each
@@ -25,7 +31,9 @@ a manual directory (imagenet2012), or be the embedded demo.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import itertools
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -251,9 +259,12 @@ def load_stats(path: str) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class Normalization:
-  """x -> (x - mean) / std on 0-255 pixels; PCA lighting in [0, 1] units."""
+  """The host's part of normalisation: the mean, and PCA lighting's basis.
+
+  The mean is in 0-255 pixels, the eigenvalues and eigenvectors in [0, 1]
+  units; dividing by data.std_rgb happens in the compiled step.
+  """
   mean: np.ndarray     # (3,) or the mean image (resize_size, resize_size, 3)
-  std: np.ndarray      # (3,)
   eigval: np.ndarray   # (3,)
   eigvec: np.ndarray   # (3, 3), eigenvectors as columns
 
@@ -275,8 +286,8 @@ def normalization(data: ml_collections.ConfigDict) -> Normalization:
   elif data.mean_image:
     raise ValueError('data.mean_image=True needs the per-pixel mean of a stats '
                      'file: run --mode=stats and set data.stats_file.')
-  return Normalization(mean=np.float32(mean), std=np.float32(data.std_rgb),
-                       eigval=np.float32(eigval), eigvec=np.float32(eigvec))
+  return Normalization(mean=np.float32(mean), eigval=np.float32(eigval),
+                       eigvec=np.float32(eigvec))
 
 
 # ---------------------------------------------------------------------------
@@ -287,76 +298,92 @@ _JPEG_RATIOS = (1, 2, 4, 8)  # the downscalings libjpeg does while decoding
 _MCU = 16  # the largest JPEG block (4:2:0 chroma subsampling), in pixels
 
 
-def _shape(encoded: tf.Tensor, is_jpeg: tf.Tensor) -> tf.Tensor:
-  """(height, width) without decoding JPEGs."""
-  return tf.cond(
-      is_jpeg, lambda: tf.io.extract_jpeg_shape(encoded)[:2],
-      lambda: tf.shape(tf.io.decode_image(encoded, expand_animations=False))[:2])
+def _window(shape: tf.Tensor, ratio: tf.Tensor | int, *, resize_size: int,
+            top: tf.Tensor, left: tf.Tensor,
+            size: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """Where the paper's (size, size) window at (top, left) lies in the image.
+
+  `shape` is the image's (height, width); returns the window's corner and
+  side in the image shrunk by `ratio` (sides rounded up, as libjpeg does).
+  """
+  square = tf.reduce_min(shape)
+  scale = tf.cast(square, tf.float32) / resize_size
+  ratio = tf.cast(ratio, tf.float32)
+  corner = tf.cast((shape - square) // 2, tf.float32) + tf.cast(
+      tf.stack([top, left]), tf.float32) * scale
+  # Rounded, not truncated: the window falls within half a decoded pixel.
+  corner = tf.cast(tf.round(corner / ratio), tf.int32)
+  side = tf.cast(tf.round(size * scale / ratio), tf.int32)
+  shrunk = tf.cast(tf.math.ceil(tf.cast(shape, tf.float32) / ratio), tf.int32)
+  side = tf.reduce_min(tf.concat([[side], shrunk - corner], 0))
+  return corner, tf.maximum(side, 1)
+
+
+def _jpeg_window(encoded: tf.Tensor, *, size: int, **where) -> tf.Tensor:
+  """The window of a JPEG, decoding only it, shrunk by libjpeg where it can."""
+  shape = tf.io.extract_jpeg_shape(encoded)[:2]
+  side = tf.cast(size * tf.reduce_min(shape), tf.float32) / where['resize_size']
+  # The largest decode-time shrink that keeps the window at least `size`.
+  ratio_index = tf.reduce_sum(tf.cast(
+      side / tf.constant(_JPEG_RATIOS[1:], tf.float32) >= size, tf.int32))
+  ratio = tf.gather(tf.constant(_JPEG_RATIOS), ratio_index)
+  corner, side = _window(shape, ratio, size=size, **where)
+  # libjpeg-turbo's chroma upsampling differs at a cropped edge; a margin of
+  # one MCU makes the window's pixels those of a full decode.
+  low = tf.maximum(corner - _MCU, 0)
+  high = tf.minimum(corner + side + _MCU, -(-shape // ratio))
+  region = tf.concat([low, high - low], 0)
+  image = tf.switch_case(ratio_index, [
+      lambda r=r: tf.io.decode_and_crop_jpeg(encoded, region, channels=3, ratio=r)
+      for r in _JPEG_RATIOS])
+  top, left = tf.unstack(corner - low)
+  image = image[top:top + side, left:left + side]
+  image.set_shape([None, None, 3])
+  # An exact fit (prepared 256x256 images, crops of them) is not resampled;
+  # otherwise the window is at most twice `size`, and bilinear needs no
+  # antialiasing.
+  return tf.cond(side == size, lambda: image,
+                 lambda: _resized(image, size, antialias=False))
+
+
+def _other_window(encoded: tf.Tensor, *, size: int, **where) -> tf.Tensor:
+  """The window of a PNG, GIF or BMP (rare: ImageNet has one), decoded whole."""
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  corner, side = _window(tf.shape(image)[:2], 1, size=size, **where)
+  top, left = tf.unstack(corner)
+  return _resized(image[top:top + side, left:left + side], size, antialias=True)
+
+
+def _resized(image: tf.Tensor, size: int, antialias: bool) -> tf.Tensor:
+  resized = tf.image.resize(image, [size, size], method='bilinear',
+                            antialias=antialias)
+  return tf.cast(tf.round(resized), tf.uint8)
 
 
 def decode_crop(encoded: tf.Tensor, *, resize_size: int, top: tf.Tensor,
                 left: tf.Tensor, size: int,
                 flip: tf.Tensor | bool = False) -> tf.Tensor:
-  """A window of the image as the paper stored it; float32 0-255 pixels.
+  """A window of the image as the paper stored it, as uint8 pixels.
 
   The paper's view of an image is its central square scaled to
   (resize_size, resize_size); this returns that view's (size, size) window
   at (top, left). It maps the window back onto the encoded image and decodes
   only that, letting libjpeg shrink by 2, 4 or 8 while decoding where the
-  window is that much larger than `size`; bilinear resampling does the rest
-  (never more than 2x, so without aliasing). Up to a fraction of a source
-  pixel in where the window falls, this is scaling then cropping, at a
-  fraction of the cost. `flip` reflects the window horizontally (on the
-  decoded bytes, the cheapest place). Non-JPEG files (PNGs named .JPEG, ...) are decoded
+  window is that much larger than `size`; bilinear resampling does the rest.
+  Up to a fraction of a source pixel in where the window falls, this is
+  scaling then cropping, at a fraction of the cost. `flip` reflects the
+  window horizontally. Non-JPEG files (PNGs named .JPEG, ...) are decoded
   whole; grayscale and CMYK files come out RGB.
   """
-  is_jpeg = tf.io.is_jpeg(encoded)
-  shape = _shape(encoded, is_jpeg)
-  square = tf.reduce_min(shape)
-  scale = tf.cast(square, tf.float32) / resize_size
-  side = tf.cast(size, tf.float32) * scale
-  # The largest decode-time shrink that keeps the window at least `size`.
-  ratio_index = tf.reduce_sum(tf.cast(
-      side / tf.constant(_JPEG_RATIOS[1:], tf.float32) >= size, tf.int32))
-  ratio_index = tf.where(is_jpeg, ratio_index, 0)
-  ratio = tf.gather(tf.constant(_JPEG_RATIOS), ratio_index)
-  # The window in the coordinates of the shrunk image (ceil: libjpeg's size).
-  scaled_shape = -(-shape // ratio)
-  corner = tf.stack([(shape[0] - square) // 2 + tf.cast(
-      tf.cast(top, tf.float32) * scale, tf.int32),
-                     (shape[1] - square) // 2 + tf.cast(
-      tf.cast(left, tf.float32) * scale, tf.int32)]) // ratio
-  window_side = tf.maximum(1, tf.cast(tf.round(side / tf.cast(ratio, tf.float32)), tf.int32))
-  window_side = tf.reduce_min(tf.concat([[window_side], scaled_shape - corner], 0))
-  # libjpeg-turbo's chroma upsampling differs at a cropped edge; a margin of
-  # one MCU makes the window's pixels those of a full decode.
-  low = tf.maximum(corner - _MCU, 0)
-  high = tf.minimum(corner + window_side + _MCU, scaled_shape)
-  region = tf.concat([low, high - low], 0)
-
-  def jpeg(r):
-    return lambda: tf.io.decode_and_crop_jpeg(encoded, region, channels=3, ratio=r)
-
-  def other():
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    return image[low[0]:high[0], low[1]:high[1]]
-
-  image = tf.cond(is_jpeg,
-                  lambda: tf.switch_case(ratio_index, [jpeg(r) for r in _JPEG_RATIOS]),
-                  other)
-  top, left = tf.unstack(corner - low)
-  image = image[top:top + window_side, left:left + window_side]
-  # tf.reverse: a negative-stride slice is several times slower.
+  # Few branches, each doing much: in tf.data every control-flow op costs
+  # a function call per image.
+  where = dict(resize_size=resize_size, top=top, left=left, size=size)
+  image = tf.cond(tf.io.is_jpeg(encoded), lambda: _jpeg_window(encoded, **where),
+                  lambda: _other_window(encoded, **where))
+  # Reflected last, on the fewest bytes; tf.reverse, as a negative-stride
+  # slice is several times slower.
   image = tf.cond(tf.convert_to_tensor(flip), lambda: tf.reverse(image, [1]),
                   lambda: image)
-  image.set_shape([None, None, 3])
-  # An exact fit (prepared 256x256 images, crops of them) is not resampled;
-  # large non-JPEGs shrink more than 2x and need antialiasing.
-  image = tf.case([
-      (window_side == size, lambda: tf.cast(image, tf.float32)),
-      (window_side > 2 * size, lambda: tf.image.resize(
-          image, [size, size], method='bilinear', antialias=True))],
-      default=lambda: tf.image.resize(image, [size, size], method='bilinear'))
   return tf.ensure_shape(image, [size, size, 3])
 
 
@@ -406,13 +433,6 @@ def _check_sizes(data: ml_collections.ConfigDict) -> None:
         'resized image.')
 
 
-def _normalized_square(encoded: tf.Tensor, data: ml_collections.ConfigDict,
-                       norm: Normalization) -> tf.Tensor:
-  # Normalising before cropping is what lets a per-pixel mean image line up.
-  image = decode_central_square(encoded, data.resize_size)
-  return (image - norm.mean) / norm.std
-
-
 def _skip_or_explain(ds: tf.data.Dataset,
                      data: ml_collections.ConfigDict) -> tf.data.Dataset:
   # Failed decodes drop the example; callers count the gaps.
@@ -446,6 +466,10 @@ def _steps_per_epoch(source: Source, split: str, batch_size: int) -> int:
   return source.num_examples(split) // jax.process_count() // batch_size
 
 
+# Batches before an epoch's end at which the next epoch's pipeline starts.
+_LOOKAHEAD = 4
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
   """The seed of one process's epoch: shuffle order and augmentation."""
   return int(np.random.SeedSequence(
@@ -455,9 +479,11 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 class TrainIterator(Iterator[Batch]):
   """Endless augmented training batches of this process's shard.
 
-  Yields {'image': float32 (batch_size, S, S, 3), 'label': int32
-  (batch_size,)} with S = data.image_size. `skipped` counts the images that
-  failed to decode so far (with data.skip_corrupt).
+  Yields {'image': uint8 (batch_size, S, S, 3), 'shift': float32
+  (batch_size, 1, 1, 3), or (batch_size, S, S, 3) with a mean image,
+  'label': int32 (batch_size,)} with S = data.image_size (see the module
+  docstring for `shift`). `skipped` counts the images that failed to decode
+  so far (with data.skip_corrupt).
   """
 
   def __init__(self, data: ml_collections.ConfigDict, *, batch_size: int,
@@ -482,20 +508,38 @@ class TrainIterator(Iterator[Batch]):
 
   def _stream(self, start_step: int) -> Iterator[Batch]:
     epoch, step_in_epoch = divmod(start_step, self._steps_per_epoch)
-    while True:
-      first = step_in_epoch * self._batch_size
-      expected = first
-      for batch in tfds.as_numpy(self._epoch(epoch, first)):
-        index = batch.pop('index')
-        # Examples missing before this batch's last one failed to decode.
-        skipped = int(index[-1]) + 1 - expected - len(index)
-        if skipped:
-          self.skipped += skipped
-          logging.warning('Skipped %d undecodable training image(s); %d so far.',
-                          skipped, self.skipped)
-        expected = int(index[-1]) + 1
-        yield batch
-      epoch, step_in_epoch = epoch + 1, 0
+    # Each epoch is a new tf.data pipeline, which takes about a second to
+    # trace and fill; a thread starts the next one before this one ends.
+    with concurrent.futures.ThreadPoolExecutor(1) as starter:
+      upcoming = starter.submit(self._started, epoch,
+                                step_in_epoch * self._batch_size)
+      while True:
+        batches, upcoming = upcoming.result(), None
+        expected = step_in_epoch * self._batch_size
+        start_next_at = max(self._steps_per_epoch - step_in_epoch - _LOOKAHEAD, 0)
+        for i, batch in enumerate(batches):
+          if i == start_next_at:
+            upcoming = starter.submit(self._started, epoch + 1, 0)
+          index = batch.pop('index')
+          # Examples missing before this batch's last one failed to decode.
+          skipped = int(index[-1]) + 1 - expected - len(index)
+          if skipped:
+            self.skipped += skipped
+            logging.warning('Skipped %d undecodable training image(s); %d so far.',
+                            skipped, self.skipped)
+          expected = int(index[-1]) + 1
+          yield batch
+        if upcoming is None:  # the epoch ended early: images were skipped
+          upcoming = starter.submit(self._started, epoch + 1, 0)
+        epoch, step_in_epoch = epoch + 1, 0
+
+  def _started(self, epoch: int, first: int) -> Iterator[Batch]:
+    """Epoch `epoch`'s batches from example `first`, the first one ready."""
+    batches = iter(tfds.as_numpy(self._epoch(epoch, first)))
+    try:
+      return itertools.chain([next(batches)], batches)
+    except StopIteration:
+      return iter(())
 
   def _epoch(self, epoch: int, first: int) -> tf.data.Dataset:
     """Epoch `epoch` from its example `first` on, as batches."""
@@ -521,16 +565,13 @@ class TrainIterator(Iterator[Batch]):
       if norm.mean.ndim == 3:  # the mean image's window under the crop
         shift = tf.slice(shift, [top, left, 0], [size, size, 3])
         shift = tf.cond(flip, lambda: tf.reverse(shift, [1]), lambda: shift)
+      else:
+        shift = tf.reshape(shift, [1, 1, 3])
       if data.pca_sigma > 0:
         shift += random_lighting_offset(
             seed[2], data.pca_sigma, norm.eigval, norm.eigvec)
-      # (x - mean + lighting) / std in as few passes over the pixels as can
-      # be: elementwise ops cost a quarter of the decoding here.
-      if np.any(norm.std != 1):
-        image = image * (1 / norm.std)
-      image = image + shift / norm.std
-      return {'image': image, 'label': tf.cast(example['label'], tf.int32),
-              'index': index}
+      return {'image': image, 'shift': shift,
+              'label': tf.cast(example['label'], tf.int32), 'index': index}
 
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     ds = _skip_or_explain(ds, data)
@@ -561,26 +602,36 @@ def _eval_batches_per_process(num_examples: int, batch_size: int) -> int:
   return math.ceil(largest / batch_size)
 
 
+def _eval_shift(norm: Normalization, size: int, ten_crop: bool) -> tf.Tensor:
+  """Minus the mean under the evaluation crops, the same for every image."""
+  shift = -tf.constant(norm.mean)
+  if norm.mean.ndim == 1:
+    return tf.reshape(shift, [1, 1, 1, 3] if ten_crop else [1, 1, 3])
+  return ten_crops(shift, size) if ten_crop else _centre_crop(shift, size)
+
+
 def eval_iterator(data: ml_collections.ConfigDict, *, batch_size: int,
                   ten_crop: bool = False) -> Iterator[Batch]:
   """One pass over this process's shard of the evaluation split.
 
-  Yields {'image': float32 (batch_size, S, S, 3), or (batch_size, 10, S, S, 3)
-  with `ten_crop`, 'label': int32 (batch_size,), 'mask': float32
-  (batch_size,)}; every example appears exactly once with mask 1, and padding
-  (mask 0) fills the last batches. All processes yield the same number of
-  batches. An image that fails to decode (with data.skip_corrupt) is left out,
-  which the mask's sum shows.
+  Yields {'image': uint8 (batch_size, S, S, 3), or (batch_size, 10, S, S, 3)
+  with `ten_crop`, 'shift': float32, minus the mean, broadcastable to the
+  images, 'label': int32 (batch_size,), 'mask': float32 (batch_size,)};
+  every example appears exactly once with mask 1, and padding (mask 0)
+  fills the last batches. All processes yield the same number of batches.
+  An image that fails to decode (with data.skip_corrupt) is left out, which
+  the mask's sum shows.
   """
   _check_sizes(data)
   source = get_source(data)
-  norm = normalization(data)
   size = data.image_size
+  shift = _eval_shift(normalization(data), size, ten_crop)
 
   def preprocess(example):
-    image = _normalized_square(example['image'], data, norm)
+    # The whole square first: the crops share its decoding.
+    image = decode_central_square(example['image'], data.resize_size)
     image = ten_crops(image, size) if ten_crop else _centre_crop(image, size)
-    return {'image': image,
+    return {'image': image, 'shift': shift,
             'label': tf.cast(example['label'], tf.int32),
             'mask': tf.constant(1.0, tf.float32)}
 
@@ -589,7 +640,8 @@ def eval_iterator(data: ml_collections.ConfigDict, *, batch_size: int,
       ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE), data)
   shape = [10, size, size, 3] if ten_crop else [size, size, 3]
   padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros(shape, tf.float32),
+      'image': tf.zeros(shape, tf.uint8),
+      'shift': tf.zeros_like(shift),
       'label': tf.constant(0, tf.int32),
       'mask': tf.constant(0.0, tf.float32)}).repeat()
   num_batches = _eval_batches_per_process(

@@ -74,6 +74,26 @@ def classification_outputs(logits: jax.Array, labels: jax.Array) -> dict[str, ja
       top5_error=(rank >= 5).astype(jnp.float32))
 
 
+def standardize(batch: dict[str, jax.Array], std: tuple[float, ...]) -> jax.Array:
+  """The model's input: (image + shift) / std, in float32.
+
+  The input pipeline sends uint8 pixels and each image's colour shift (minus
+  the mean, plus its PCA lighting offset); finishing the normalisation here
+  fuses it into the first convolution.
+  """
+  return (batch['image'].astype(jnp.float32) + batch['shift']) / jnp.float32(std)
+
+
+def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+  """Random uint8 images and labels laid out as the input pipeline's batches."""
+  rng = np.random.RandomState(seed)
+  size = config.data.image_size
+  return {'image': rng.randint(0, 256, (batch_size, size, size, 3)).astype(np.uint8),
+          'shift': np.tile(-np.float32(config.data.mean_rgb), (batch_size, 1, 1, 1)),
+          'label': rng.randint(0, config.model.num_classes, batch_size).astype(np.int32)}
+
+
 def _variables(state: TrainState, params: Any) -> dict[str, Any]:
   return {'params': params, **({'batch_stats': state.batch_stats}
                                if state.batch_stats else {})}
@@ -81,13 +101,15 @@ def _variables(state: TrainState, params: Any) -> dict[str, Any]:
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation,
-               learning_rate: lr_schedule.LearningRate) -> tuple[TrainState, TrainMetrics]:
+               learning_rate: lr_schedule.LearningRate,
+               std: tuple[float, ...]) -> tuple[TrainState, TrainMetrics]:
   """One SGD step on a global batch."""
   dropout_rng = jax.random.fold_in(state.rng, state.step)
+  images = standardize(batch, std)
 
   def loss_fn(params):
     logits, updates = model.apply(
-        _variables(state, params), batch['image'], train=True,
+        _variables(state, params), images, train=True,
         rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
     outputs = classification_outputs(logits, batch['label'])
     return outputs['loss'].mean(), (outputs, updates)
@@ -106,8 +128,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
-              model: nn.Module) -> EvalMetrics:
-  images = batch['image']
+              model: nn.Module, std: tuple[float, ...]) -> EvalMetrics:
+  images = standardize(batch, std)
   if images.ndim == 5:
     # (batch, crops, H, W, C): the paper's test averages the crops' softmax;
     # log of that mean, taken stably, stands in for the logits.
@@ -145,13 +167,14 @@ class Trainer:
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     self._p_init = jax.jit(lambda rng: nn.meta.unbox(self._boxed_state(rng)),
                            out_shardings=self.state_sharding)
+    std = tuple(config.data.std_rgb)
     self._p_train_step = jax.jit(
         functools.partial(train_step, model=self.model, tx=self.tx,
-                          learning_rate=self.learning_rate),
+                          learning_rate=self.learning_rate, std=std),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, replicated), donate_argnums=0)
     self._p_eval_step = jax.jit(
-        functools.partial(eval_step, model=self.model),
+        functools.partial(eval_step, model=self.model, std=std),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=replicated)
 
@@ -189,13 +212,12 @@ class Trainer:
 
   def lower_train_step(self) -> jax.stages.Lowered:
     """The train step lowered for this mesh on abstract inputs (no data, no init)."""
-    size, batch = self.config.data.image_size, self.config.batch_size
-    images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32,
-                                  sharding=self.batch_sharding)
-    labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=self.batch_sharding)
+    batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.batch_sharding),
+        synthetic_batch(self.config, self.config.batch_size))
     state = self.abstract_state()
     with self._context():
-      return self._p_train_step.lower(state, {'image': images, 'label': labels})
+      return self._p_train_step.lower(state, batch)
 
   def train_step(self, state: TrainState,
                  batch: dict[str, np.ndarray]) -> tuple[TrainState, TrainMetrics]:

@@ -14,10 +14,9 @@ os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={local_device
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 import parallel  # noqa: E402
-from trainer import Trainer  # noqa: E402
+from trainer import Trainer, synthetic_batch  # noqa: E402
 from configs import demo  # noqa: E402
 
 STEPS = 3
@@ -38,11 +37,9 @@ def main() -> None:
   rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
   losses = []
   for step in range(STEPS):
-    rng = np.random.RandomState(step)
-    images = rng.randn(config.batch_size, 67, 67, 3).astype(np.float32)
-    labels = rng.randint(0, 10, config.batch_size).astype(np.int32)
+    batch = synthetic_batch(config, config.batch_size, step)
     state, metrics = trainer.train_step(
-        state, {'image': images[rows], 'label': labels[rows]})
+        state, {k: v[rows] for k, v in batch.items()})
     losses.append(float(metrics.loss.compute()))
   print('LOSSES ' + json.dumps(losses), flush=True)
 

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import input_pipeline
+import trainer
 from configs import demo as demo_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,10 +74,11 @@ def test_training_subtracts_the_mean_image_of_the_stats_file(stats):
                    std_rgb=(1.0, 1.0, 1.0)))
   assert input_pipeline.normalization(data).mean.shape == (SIZE, SIZE, 3)
   batch = next(input_pipeline.train_iterator(data, batch_size=48, seed=0))
+  assert batch['shift'].shape == (48, 28, 28, 3)
   # Centred per pixel: every position averages to about zero over the set.
-  assert np.abs(batch['image'].mean(axis=0)).max() < 0.5 * 255 * np.sqrt(
-      EIGVAL[0])
-  assert np.abs(batch['image'].mean()) < 1
+  centred = np.asarray(trainer.standardize(batch, data.std_rgb))
+  assert np.abs(centred.mean(axis=0)).max() < 0.5 * 255 * np.sqrt(EIGVAL[0])
+  assert np.abs(centred.mean()) < 1
   data.mean_image = False
   np.testing.assert_array_equal(input_pipeline.normalization(data).mean,
                                 input_pipeline.load_stats(path)['mean_rgb'])

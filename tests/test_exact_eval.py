@@ -12,7 +12,7 @@ from PIL import Image
 
 import input_pipeline
 import parallel
-from trainer import Trainer
+from trainer import Trainer, standardize
 from configs import demo as demo_config
 
 SIZE = 67  # the smallest input the paper's geometry takes
@@ -61,7 +61,7 @@ def test_1001_examples_at_batch_64_on_8_devices_count_once(folder_1001):
       {'params': state.params}, image, train=False))
   losses, top1, top5 = [], [], []
   for example in input_pipeline.eval_iterator(config.data, batch_size=1):
-    logits = np.asarray(apply(example['image']))[0]
+    logits = np.asarray(apply(standardize(example, config.data.std_rgb)))[0]
     label = int(example['label'][0])
     rank = int((logits > logits[label]).sum())
     losses.append(float(optax.softmax_cross_entropy_with_integer_labels(
@@ -78,10 +78,13 @@ def test_ten_crop_prediction_is_the_mean_of_ten_softmaxes():
   config = _config()
   trainer, state = _trainer(config, jax.devices()[:8])
   rng = np.random.default_rng(1)
-  images = rng.normal(size=(8, 10, SIZE, SIZE, 3)).astype(np.float32)
+  images = rng.integers(0, 256, (8, 10, SIZE, SIZE, 3)).astype(np.uint8)
+  shift = rng.normal(size=(8, 1, 1, 1, 3)).astype(np.float32)
   labels = rng.integers(0, 3, 8).astype(np.int32)
-  batch = {'image': images, 'label': labels, 'mask': np.ones(8, np.float32)}
+  batch = {'image': images, 'shift': shift, 'label': labels,
+           'mask': np.ones(8, np.float32)}
   got = trainer.evaluate(state, iter([batch])).compute()
+  images = standardize(batch, config.data.std_rgb)
 
   crop_probs = np.stack([
       jax.nn.softmax(trainer.model.apply({'params': state.params},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import io
 import os
 
 import ml_collections
@@ -11,8 +12,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import benchmark_input
 import demo_dataset
 import input_pipeline
+import trainer
 from configs import alexnet
 
 MEAN = (120.0, 110.0, 100.0)
@@ -40,10 +43,6 @@ def _decoded(data, split: str) -> tuple[np.ndarray, np.ndarray]:
   ds = builder.as_dataset(split=split, shuffle_files=False, batch_size=-1)
   ds = tfds.as_numpy(ds)
   return ds['image'], ds['label']
-
-
-def _normalize(images: np.ndarray) -> np.ndarray:
-  return (images.astype(np.float32) - np.float32(MEAN)) / np.float32(STD)
 
 
 @pytest.fixture(scope='module')
@@ -106,6 +105,7 @@ def test_demo_is_balanced_and_splits_differ(data_dir, train_images):
 
 def _locate(crop: np.ndarray, images: np.ndarray):
   """Finds (index, top, left, flipped) such that `crop` is that window."""
+  crop, images = crop.astype(np.int32), images.astype(np.int32)
   size = crop.shape[0]
   height = images.shape[1]
   # Windows' first rows, first 8 pixels: (N, tops, lefts, 3, 8).
@@ -114,9 +114,9 @@ def _locate(crop: np.ndarray, images: np.ndarray):
   for flipped, target in ((False, crop), (True, crop[:, ::-1])):
     # Match a few pixels first, then confirm candidates on the whole window.
     diff = np.abs(heads - target[0, :8].T).max(axis=(-2, -1))
-    for index, top, left in zip(*np.nonzero(diff < 1e-2)):
+    for index, top, left in zip(*np.nonzero(diff == 0)):
       window = images[index, top:top + size, left:left + size]
-      if np.abs(window - target).max() < 1e-2:
+      if np.array_equal(window, target):
         return int(index), int(top), int(left), flipped
   return None
 
@@ -124,37 +124,51 @@ def _locate(crop: np.ndarray, images: np.ndarray):
 def test_train_batch_shapes_and_dtypes(data_dir):
   batch = next(input_pipeline.train_iterator(
       _data_config(data_dir), batch_size=16, seed=0))
-  assert set(batch) == {'image', 'label'}
+  assert set(batch) == {'image', 'shift', 'label'}
   assert batch['image'].shape == (16, 64, 64, 3)
-  assert batch['image'].dtype == np.float32
+  assert batch['image'].dtype == np.uint8
+  # Without lighting, each image's shift is minus the mean.
+  np.testing.assert_array_equal(
+      batch['shift'], np.broadcast_to(-np.float32(MEAN), (16, 1, 1, 3)))
   assert batch['label'].shape == (16,)
   assert batch['label'].dtype == np.int32
   assert batch['label'].min() >= 0 and batch['label'].max() < 10
 
 
-def test_train_images_are_normalized_flipped_whole_images(data_dir,
-                                                           train_images):
+def test_train_images_are_flipped_whole_images(data_dir, train_images):
   # With image_size == resize_size the crop is the whole image, so each
-  # training image is a (possibly flipped) normalised dataset image.
+  # training image is a (possibly flipped) dataset image, pixel for pixel.
   data = _data_config(data_dir, image_size=80)
   batch = next(input_pipeline.train_iterator(data, batch_size=32, seed=0))
-  references = _normalize(train_images)
   flips = []
   for image in batch['image']:
-    found = _locate(image, references)
+    found = _locate(image, train_images)
     assert found is not None
     assert found[1:3] == (0, 0)
     flips.append(found[3])
   assert 0 < sum(flips) < len(flips)  # Both orientations occur.
 
 
+def test_standardized_batch_is_the_papers_normalisation(data_dir,
+                                                        train_images):
+  # What the model sees, (image + shift) / std in the compiled step, is the
+  # dataset image minus the mean over the std.
+  data = _data_config(data_dir, image_size=80)
+  batch = next(input_pipeline.train_iterator(data, batch_size=4, seed=1))
+  got = np.asarray(trainer.standardize(batch, data.std_rgb))
+  for image, standardized in zip(batch['image'], got):
+    index, _, _, flipped = _locate(image, train_images)
+    source = train_images[index][:, ::-1] if flipped else train_images[index]
+    np.testing.assert_allclose(
+        standardized, (source - np.float32(MEAN)) / np.float32(STD), atol=1e-5)
+
+
 def test_train_crops_are_random_windows(data_dir, train_images):
   data = _data_config(data_dir, image_size=64)
   batch = next(input_pipeline.train_iterator(data, batch_size=8, seed=3))
-  references = _normalize(train_images)
   offsets = set()
   for image in batch['image']:
-    found = _locate(image, references)
+    found = _locate(image, train_images)
     assert found is not None, 'a training crop is not a window of any image'
     offsets.add(found[1:3])
   assert len(offsets) > 1
@@ -196,9 +210,10 @@ def test_eval_is_exact_centre_crop_of_each_example_once(data_dir):
   batches = list(input_pipeline.eval_iterator(data, batch_size=32))
   assert len(batches) == 4  # ceil(100 / 32)
   for batch in batches:
-    assert set(batch) == {'image', 'label', 'mask'}
+    assert set(batch) == {'image', 'shift', 'label', 'mask'}
     assert batch['image'].shape == (32, 72, 72, 3)
-    assert batch['image'].dtype == np.float32
+    assert batch['image'].dtype == np.uint8
+    assert batch['shift'].shape == (32, 1, 1, 3)
     assert batch['label'].dtype == np.int32
     assert batch['mask'].dtype == np.float32
   mask = np.concatenate([b['mask'] for b in batches])
@@ -210,8 +225,10 @@ def test_eval_is_exact_centre_crop_of_each_example_once(data_dir):
   np.testing.assert_array_equal(got_labels, labels)
   # resize_size 80 leaves the 80x80 images as they are; the centre 72
   # crop starts at (4, 4).
-  np.testing.assert_allclose(
-      got_images, _normalize(images[:, 4:76, 4:76]), rtol=0, atol=1e-5)
+  np.testing.assert_array_equal(got_images, images[:, 4:76, 4:76])
+  got_shifts = np.concatenate([b['shift'] for b in batches])[real]
+  np.testing.assert_array_equal(
+      got_shifts, np.broadcast_to(-np.float32(MEAN), (100, 1, 1, 3)))
 
 
 def test_eval_resizes_shorter_side(data_dir):
@@ -219,9 +236,10 @@ def test_eval_resizes_shorter_side(data_dir):
   batch = next(input_pipeline.eval_iterator(data, batch_size=8))
   assert batch['image'].shape == (8, 100, 100, 3)
   assert batch['mask'].sum() == 8
-  # Upsampling keeps values inside the range of normalised pixels.
-  pixels = batch['image'] * np.float32(STD) + np.float32(MEAN)
-  assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3
+  # Upsampled 80 -> 120, the centre 100 is the source's centre 66.7 pixels.
+  images, _ = _decoded(data, 'validation')
+  expected = tf.image.resize(images[:8, 7:73, 7:73], [100, 100]).numpy()
+  assert np.abs(batch['image'] - expected).mean() < 3
 
 
 # --- Missing and unknown datasets. ---
@@ -353,12 +371,48 @@ def test_training_lighting_shifts_each_image_by_one_colour(data_dir):
                      eigvec=tuple(map(tuple, EIGVEC.tolist())))
   a = next(input_pipeline.train_iterator(plain, batch_size=16, seed=4))
   b = next(input_pipeline.train_iterator(lit, batch_size=16, seed=4))
-  diff = (b['image'] - a['image']) * np.float32(STD)  # back to 0-255 units
-  per_image = diff.mean(axis=(1, 2))
-  np.testing.assert_allclose(diff, np.broadcast_to(
-      per_image[:, None, None], diff.shape), atol=1e-2)
-  assert np.abs(per_image).max() > 1
+  np.testing.assert_array_equal(a['image'], b['image'])
+  per_image = (b['shift'] - a['shift'])[:, 0, 0]
   assert len(np.unique(per_image.round(3), axis=0)) == 16
+  # Back in the eigenbasis, the 48 draws of alpha_i look like N(0, 0.5).
+  alpha = (per_image / 255) @ EIGVEC / EIGVAL
+  assert 0.3 < alpha.std() < 0.75 and abs(alpha.mean()) < 0.25
+
+
+# --- Decoding only the crop. ---
+
+
+@pytest.mark.parametrize('width,height,fmt', [
+    (500, 375, 'JPEG'),     # decoded at full size, shrunk ~1.5x
+    (1400, 1000, 'JPEG'),   # libjpeg shrinks 2x while decoding
+    (3000, 2200, 'JPEG'),   # 8x
+    (300, 420, 'JPEG'),     # portrait, shrunk ~1.2x
+    (256, 256, 'JPEG'),     # an exact fit: the pixels themselves
+    (900, 700, 'PNG')])     # decoded whole
+def test_decode_crop_is_scale_then_crop(width, height, fmt):
+  # Against the definition: the central square scaled to 256 (antialiased),
+  # then the 227 window. The result is closer to it than to the window one
+  # pixel over, so the window falls where it should.
+  rng = np.random.default_rng(width)
+  buffer = io.BytesIO()
+  benchmark_input.photo(rng, width, height).save(buffer, fmt, quality=95)
+  full = tf.io.decode_image(buffer.getvalue(), channels=3).numpy()
+  square = min(width, height)
+  top0, left0 = (height - square) // 2, (width - square) // 2
+  view = tf.image.resize(full[top0:top0 + square, left0:left0 + square],
+                         [256, 256], antialias=True).numpy()
+  for top, left, flip in ((0, 0, False), (29, 13, True), (29, 29, False)):
+    got = input_pipeline.decode_crop(
+        tf.constant(buffer.getvalue()), resize_size=256, top=tf.constant(top),
+        left=tf.constant(left), size=227, flip=tf.constant(flip)).numpy()
+    assert got.dtype == np.uint8
+    reflect = (lambda x: x[:, ::-1]) if flip else (lambda x: x)
+    error = np.abs(got - reflect(view[top:top + 227, left:left + 227])).mean()
+    step = -1 if top else 1
+    shifted = reflect(view[top + step:top + step + 227,
+                           left + step:left + step + 227])
+    assert error < 0.7 * np.abs(got - shifted).mean()
+    assert error < (0.01 if (width, height) == (256, 256) else 4)
 
 
 # --- The paper's ten crops. ---
@@ -382,6 +436,7 @@ def test_ten_crop_eval_batches(data_dir):
   mask = np.concatenate([b['mask'] for b in batches])
   assert mask.sum() == 100
   first = batches[0]['image'][3]
-  expected = input_pipeline.ten_crops(tf.constant(_normalize(images[3])), 72)
-  np.testing.assert_allclose(first, expected, atol=1e-4)
+  np.testing.assert_array_equal(
+      first, input_pipeline.ten_crops(tf.constant(images[3]), 72))
+  assert batches[0]['shift'].shape == (64, 1, 1, 1, 3)
   np.testing.assert_array_equal(batches[0]['label'], labels[:64])

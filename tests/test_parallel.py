@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 import comm_report
 import parallel
-from trainer import Trainer
+from trainer import Trainer, synthetic_batch
 from configs import alexnet as alexnet_config
 from configs import common
 from configs import demo as demo_config
@@ -38,10 +38,7 @@ def _two_steps(config):
   state = trainer.init(config.seed)
   losses = []
   for step in range(2):
-    rng = np.random.RandomState(step)
-    batch = {'image': rng.randn(16, 67, 67, 3).astype(np.float32),
-             'label': rng.randint(0, 10, 16).astype(np.int32)}
-    state, metrics = trainer.train_step(state, batch)
+    state, metrics = trainer.train_step(state, synthetic_batch(config, 16, step))
     losses.append(float(metrics.loss.compute()))
   return np.array(losses), jax.device_get(state.params), state
 

@@ -9,7 +9,7 @@ import pytest
 
 import lr_schedule
 import parallel
-from trainer import Trainer, paper_sgd
+from trainer import Trainer, paper_sgd, synthetic_batch
 from configs import demo as demo_config
 
 
@@ -25,11 +25,7 @@ def _small_config(**mesh):
 
 
 def _batch(config, seed=0):
-  rng = np.random.RandomState(seed)
-  size = config.data.image_size
-  return {'image': rng.randn(config.batch_size, size, size, 3).astype(np.float32),
-          'label': rng.randint(0, config.model.num_classes,
-                               config.batch_size).astype(np.int32)}
+  return synthetic_batch(config, config.batch_size, seed)
 
 
 def _losses(config, devices, steps=4):
