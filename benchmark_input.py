@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import math
 import multiprocessing
 import os
@@ -114,17 +115,21 @@ def _decode_timer(images: list[bytes], workers: int,
 
 def _pipeline_timer(data: ml_collections.ConfigDict, batch_size: int,
                     seed: int) -> Callable[[], float]:
-  batches = input_pipeline.train_iterator(data, batch_size=batch_size, seed=seed)
   steps = math.ceil(_IMAGES_PER_ROUND / batch_size)
+  rounds = itertools.count()
 
   def run() -> float:
-    # Drain what was prefetched while the others ran, then time.
-    for _ in range(data.prefetch + 1):
-      next(batches)
+    # A new pipeline each round, timed from its first batch on: nothing it
+    # decodes while the other loaders run counts, or competes with them.
+    batches = input_pipeline.train_iterator(
+        data, batch_size=batch_size, seed=seed, start_step=next(rounds) * steps)
+    next(batches)
     start = time.perf_counter()
     for _ in range(steps):
       next(batches)
-    return steps * batch_size / (time.perf_counter() - start)
+    rate = steps * batch_size / (time.perf_counter() - start)
+    batches.close()
+    return rate
 
   return run
 

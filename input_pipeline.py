@@ -506,6 +506,10 @@ class TrainIterator(Iterator[Batch]):
   def __next__(self) -> Batch:
     return next(self._batches)
 
+  def close(self) -> None:
+    """Stops this epoch's pipeline, and the next one's if it has started."""
+    self._batches.close()
+
   def _stream(self, start_step: int) -> Iterator[Batch]:
     epoch, step_in_epoch = divmod(start_step, self._steps_per_epoch)
     # Each epoch is a new tf.data pipeline, which takes about a second to

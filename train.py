@@ -149,6 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpoints.save(state, results=results, evaluated=evaluate)
       if preempted:
         break
+  train_iter.close()
   checkpoints.wait_until_finished()
   checkpoints.close()
   writer.flush()

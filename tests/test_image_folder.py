@@ -139,6 +139,23 @@ def test_odd_folder_trains_and_reports_one_skipped_file(tmp_path):
   assert skipped[-1] == 1
 
 
+def test_epochs_cut_short_by_corrupt_files_go_on(tmp_path):
+  # 6 good files and 5 truncated ones at batch 1: 11 steps an epoch planned,
+  # 6 delivered, ending before the next epoch would have been started ahead.
+  root = _folder(tmp_path, per_class=3, classes=('a', 'b'))
+  for i in range(5):
+    with open(f'{root}/train/b/truncated{i}.jpg', 'wb') as f:
+      f.write(open(f'{root}/train/a/0.jpg', 'rb').read()[:300])
+  batches = input_pipeline.train_iterator(_config(root).data, batch_size=1, seed=0)
+  labels = [int(next(batches)['label'][0]) for _ in range(18)]
+  batches.close()
+  for epoch in range(3):
+    assert sorted(labels[6 * epoch:6 * epoch + 6]) == [0, 0, 0, 1, 1, 1]
+  assert batches.skipped >= 1
+  with pytest.raises(StopIteration):
+    next(batches)
+
+
 def test_corrupt_file_fails_fast_when_configured(tmp_path):
   root = _folder(tmp_path, per_class=3, classes=('a', 'b'))
   _odd_files(root)
