@@ -120,9 +120,11 @@ def _pipeline_timer(data: ml_collections.ConfigDict, batch_size: int,
 
   def run() -> float:
     # A new pipeline each round, timed from its first batch on: nothing it
-    # decodes while the other loaders run counts, or competes with them.
+    # decodes while the other loaders run counts, or competes with them. The
+    # steady state within an epoch is measured: no next epoch starts ahead.
     batches = input_pipeline.train_iterator(
-        data, batch_size=batch_size, seed=seed, start_step=next(rounds) * steps)
+        data, batch_size=batch_size, seed=seed, start_step=next(rounds) * steps,
+        lookahead=0)
     next(batches)
     start = time.perf_counter()
     for _ in range(steps):

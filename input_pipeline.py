@@ -466,10 +466,6 @@ def _steps_per_epoch(source: Source, split: str, batch_size: int) -> int:
   return source.num_examples(split) // jax.process_count() // batch_size
 
 
-# Batches before an epoch's end at which the next epoch's pipeline starts.
-_LOOKAHEAD = 4
-
-
 def _epoch_seed(seed: int, epoch: int) -> int:
   """The seed of one process's epoch: shuffle order and augmentation."""
   return int(np.random.SeedSequence(
@@ -484,13 +480,18 @@ class TrainIterator(Iterator[Batch]):
   'label': int32 (batch_size,)} with S = data.image_size (see the module
   docstring for `shift`). `skipped` counts the images that failed to decode
   so far (with data.skip_corrupt).
+
+  Each epoch is a new tf.data pipeline, which takes about a second to trace
+  and fill; `lookahead` batches before an epoch ends, a thread starts the
+  next one (0: when it is needed).
   """
 
   def __init__(self, data: ml_collections.ConfigDict, *, batch_size: int,
-               seed: int, start_step: int = 0):
+               seed: int, start_step: int = 0, lookahead: int = 16):
     _check_sizes(data)
     self._data = data
     self._batch_size = batch_size
+    self._lookahead = lookahead
     self._seed = seed
     self._source = get_source(data)
     self._norm = normalization(data)
@@ -512,15 +513,14 @@ class TrainIterator(Iterator[Batch]):
 
   def _stream(self, start_step: int) -> Iterator[Batch]:
     epoch, step_in_epoch = divmod(start_step, self._steps_per_epoch)
-    # Each epoch is a new tf.data pipeline, which takes about a second to
-    # trace and fill; a thread starts the next one before this one ends.
     with concurrent.futures.ThreadPoolExecutor(1) as starter:
       upcoming = starter.submit(self._started, epoch,
                                 step_in_epoch * self._batch_size)
       while True:
         batches, upcoming = upcoming.result(), None
         expected = step_in_epoch * self._batch_size
-        start_next_at = max(self._steps_per_epoch - step_in_epoch - _LOOKAHEAD, 0)
+        start_next_at = max(
+            self._steps_per_epoch - step_in_epoch - self._lookahead, 0)
         for i, batch in enumerate(batches):
           if i == start_next_at:
             upcoming = starter.submit(self._started, epoch + 1, 0)
@@ -533,7 +533,7 @@ class TrainIterator(Iterator[Batch]):
                             skipped, self.skipped)
           expected = int(index[-1]) + 1
           yield batch
-        if upcoming is None:  # the epoch ended early: images were skipped
+        if upcoming is None:  # no lookahead, or images were skipped
           upcoming = starter.submit(self._started, epoch + 1, 0)
         epoch, step_in_epoch = epoch + 1, 0
 
@@ -585,14 +585,14 @@ class TrainIterator(Iterator[Batch]):
 
 
 def train_iterator(data: ml_collections.ConfigDict, *, batch_size: int,
-                   seed: int, start_step: int = 0) -> TrainIterator:
+                   seed: int, start_step: int = 0, **kwargs) -> TrainIterator:
   """Training batches from step `start_step` on (see TrainIterator).
 
   The stream from `start_step` equals an uninterrupted run's from that step,
   as long as no image before it in its epoch failed to decode.
   """
   return TrainIterator(data, batch_size=batch_size, seed=seed,
-                       start_step=start_step)
+                       start_step=start_step, **kwargs)
 
 
 # ---------------------------------------------------------------------------
