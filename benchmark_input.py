@@ -152,9 +152,8 @@ def report(config: ml_collections.ConfigDict) -> str:
   workers = len(os.sched_getaffinity(0))  # the CPUs this process may use
   batch_size = config.batch_size // jax.process_count()
   images = _encoded_training_images(data, _IMAGES_PER_ROUND)
-  pipeline = _pipeline_timer(data, batch_size, config.seed)
   timers = {
-      'input': pipeline,
+      'input': _pipeline_timer(data, batch_size, config.seed),
       'decode-only': _decode_timer(images, workers, lambda x: tf.io.decode_image(
           x, channels=3, expand_animations=False)),
       'decode+crop': _decode_timer(images, workers, lambda x: input_pipeline.decode_crop(

@@ -14,9 +14,9 @@ or the ten crops (corners, centre and their reflections).
 
 Batches carry the crops as uint8 pixels and, per image, the colour `shift`
 to add to them (minus the mean, plus the lighting offset); the compiled
-step finishes with (image + shift) / std (trainer.standardize). Float
-arithmetic over every pixel costs the host a fifth of its decoding rate and
-quadruples the bytes sent to the devices; there it fuses into conv1.
+step finishes with (image + shift) / std (trainer.standardize). On the host,
+float arithmetic over every pixel slowed the pipeline by about a sixth and
+quadrupled the bytes sent to the devices; there it fuses into conv1.
 
 Each process reads a disjoint shard; `batch_size` here is the per-process
 batch. The training stream is a pure function of (seed, process, epoch):
@@ -340,8 +340,8 @@ def _jpeg_window(encoded: tf.Tensor, *, size: int, **where) -> tf.Tensor:
   image = image[top:top + side, left:left + side]
   image.set_shape([None, None, 3])
   # An exact fit (prepared 256x256 images, crops of them) is not resampled;
-  # otherwise the window is at most twice `size`, and bilinear needs no
-  # antialiasing.
+  # otherwise the window is under twice `size` (for a shorter side up to 16
+  # times resize_size), where bilinear needs no antialiasing.
   return tf.cond(side == size, lambda: image,
                  lambda: _resized(image, size, antialias=False))
 
@@ -370,8 +370,8 @@ def decode_crop(encoded: tf.Tensor, *, resize_size: int, top: tf.Tensor,
   at (top, left). It maps the window back onto the encoded image and decodes
   only that, letting libjpeg shrink by 2, 4 or 8 while decoding where the
   window is that much larger than `size`; bilinear resampling does the rest.
-  Up to a fraction of a source pixel in where the window falls, this is
-  scaling then cropping, at a fraction of the cost. `flip` reflects the
+  Up to half a decoded pixel in where the window falls, this is scaling
+  then cropping, at a fraction of the cost. `flip` reflects the
   window horizontally. Non-JPEG files (PNGs named .JPEG, ...) are decoded
   whole; grayscale and CMYK files come out RGB.
   """
@@ -585,14 +585,15 @@ class TrainIterator(Iterator[Batch]):
 
 
 def train_iterator(data: ml_collections.ConfigDict, *, batch_size: int,
-                   seed: int, start_step: int = 0, **kwargs) -> TrainIterator:
+                   seed: int, start_step: int = 0,
+                   lookahead: int = 16) -> TrainIterator:
   """Training batches from step `start_step` on (see TrainIterator).
 
   The stream from `start_step` equals an uninterrupted run's from that step,
   as long as no image before it in its epoch failed to decode.
   """
   return TrainIterator(data, batch_size=batch_size, seed=seed,
-                       start_step=start_step, **kwargs)
+                       start_step=start_step, lookahead=lookahead)
 
 
 # ---------------------------------------------------------------------------
@@ -632,7 +633,8 @@ def eval_iterator(data: ml_collections.ConfigDict, *, batch_size: int,
   shift = _eval_shift(normalization(data), size, ten_crop)
 
   def preprocess(example):
-    # The whole square first: the crops share its decoding.
+    # The whole square, then the crops: exactly the paper's view, where a
+    # window decoded alone can fall up to half a source pixel off.
     image = decode_central_square(example['image'], data.resize_size)
     image = ten_crops(image, size) if ten_crop else _centre_crop(image, size)
     return {'image': image, 'shift': shift,
