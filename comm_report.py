@@ -3,9 +3,10 @@
 Compiles the train step for the configured mesh (simulated CPU devices are
 fine) and lists each all-gather, all-reduce, reduce-scatter, all-to-all and
 collective-permute in the partitioned program, with the bytes of its result
-on each device per step, the layer it belongs to (from the op's source name
-stack, where XLA kept it) and whether it serves the forward pass, the
-backward pass or the optimizer update.
+on each device per step, the mesh axes its groups of devices span (from its
+replica groups), the layer it belongs to (from the op's source name stack,
+where XLA kept it) and whether it serves the forward pass, the backward pass
+or the optimizer update.
 """
 
 import collections
@@ -34,6 +35,7 @@ class Collective:
   bytes: int     # result bytes on each device, per step
   layer: str     # conv1..fc8, 'N arrays' when combined, '' when unnamed
   phase: str     # forward | backward | update
+  axes: tuple[str, ...]  # the mesh axes along which its device groups extend
 
 
 def _shape_bytes(shape: str) -> int:
@@ -45,6 +47,41 @@ def _shape_bytes(shape: str) -> int:
   return total
 
 
+def _device_groups(line: str, num_devices: int) -> np.ndarray:
+  """(groups, devices per group) of an HLO collective, in its three notations.
+
+  Device ids index the program's devices, in the mesh's row-major order.
+  """
+  ids = np.arange(num_devices)
+  if m := re.search(r'replica_groups=\{((?:\{[\d,]*\},?)*)\}', line):
+    groups = [[int(d) for d in g.split(',') if d]
+              for g in re.findall(r'\{([\d,]*)\}', m[1])]
+    # {} is one group of all devices; collective-permutes have none.
+    return np.array(groups) if groups else ids[None]
+  if m := re.search(r'replica_groups=\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?', line):
+    dims = lambda text: [int(d) for d in text.split(',')]
+    iota = ids.reshape(dims(m[2]))
+    if m[3]:
+      iota = iota.transpose(dims(m[3]))
+    return iota.reshape(dims(m[1]))
+  if m := re.search(r"replica_groups=mesh\[([^\]]*)\] \{([^}]*)\}", line):
+    names = re.findall(r"'(\w+)'=(\d+)", m[1])
+    spanned = re.findall(r"'(\w+)'", m[2])
+    iota = ids.reshape([int(size) for _, size in names])
+    inner = [i for i, (name, _) in enumerate(names) if name in spanned]
+    outer = [i for i in range(len(names)) if i not in inner]
+    size = int(np.prod([iota.shape[i] for i in inner]))
+    return iota.transpose(outer + inner).reshape(-1, size)
+  return ids[None]
+
+
+def _axes(groups: np.ndarray, mesh_shape: dict[str, int]) -> tuple[str, ...]:
+  """The mesh axes along which the devices of some group differ."""
+  coords = np.stack(np.unravel_index(groups, tuple(mesh_shape.values())))
+  varies = (coords != coords[:, :, :1]).any(axis=(1, 2))
+  return tuple(name for name, v in zip(mesh_shape, varies) if v)
+
+
 def _phase(op_name: str) -> str:
   if 'transpose(' in op_name:
     return 'backward'
@@ -53,8 +90,12 @@ def _phase(op_name: str) -> str:
   return 'update'
 
 
-def collectives(hlo_text: str) -> list[Collective]:
-  """The collectives of a compiled (partitioned) HLO module's text."""
+def collectives(hlo_text: str, mesh_shape: dict[str, int]) -> list[Collective]:
+  """The collectives of a compiled (partitioned) HLO module's text.
+
+  `mesh_shape` maps the mesh's axis names to their sizes, in order.
+  """
+  num_devices = int(np.prod(list(mesh_shape.values())))
   found = []
   for line in hlo_text.splitlines():
     op = _OP.search(line)
@@ -68,25 +109,29 @@ def collectives(hlo_text: str) -> list[Collective]:
     # and keeps the first one's name, which would misattribute the rest.
     layer = (f'{arrays} arrays' if arrays > 2 and op['kind'] == 'all-reduce'
              else layer[1] if layer else '')
-    found.append(Collective(kind=op['kind'], bytes=_shape_bytes(op['shape']),
-                            layer=layer, phase=_phase(op_name)))
+    found.append(Collective(
+        kind=op['kind'], bytes=_shape_bytes(op['shape']), layer=layer,
+        phase=_phase(op_name),
+        axes=_axes(_device_groups(line, num_devices), mesh_shape)))
   return found
 
 
 def compiled_collectives(config: ml_collections.ConfigDict) -> list[Collective]:
   mesh = parallel.make_mesh(config.mesh)
   trainer = Trainer(config, mesh, steps_per_epoch=1)
-  return collectives(trainer.lower_train_step().compile().as_text())
+  return collectives(trainer.lower_train_step().compile().as_text(),
+                     dict(mesh.shape))
 
 
 def format_report(found: list[Collective], config: ml_collections.ConfigDict) -> str:
-  mesh = dict(data=config.mesh.data, model=config.mesh.model)
+  mesh = dict(parallel.make_mesh(config.mesh).shape)
   lines = [f'Collectives in one train step: mesh {mesh} over {jax.device_count()} '
            f'devices, global batch {config.batch_size}',
-           f"{'phase':<10}{'layer':<10}{'collective':<20}{'bytes/device':>16}"]
+           f"{'phase':<10}{'layer':<10}{'collective':<20}{'over':<12}{'bytes/device':>16}"]
   order = {'forward': 0, 'backward': 1, 'update': 2}
   for c in sorted(found, key=lambda c: order[c.phase]):
-    lines.append(f'{c.phase:<10}{c.layer or "-":<10}{c.kind:<20}{c.bytes:>16,}')
+    lines.append(f'{c.phase:<10}{c.layer or "-":<10}{c.kind:<20}'
+                 f'{"+".join(c.axes) or "-":<12}{c.bytes:>16,}')
   by_kind = collections.Counter()
   for c in found:
     by_kind[c.kind] += c.bytes

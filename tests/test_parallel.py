@@ -77,6 +77,11 @@ def test_two_tower_talks_only_where_the_paper_joins_the_towers():
   assert {c.layer for c in forward} <= {'conv3', 'fc6', 'fc7', 'fc8'}, forward
   conv3 = [c for c in forward if c.layer == 'conv3']
   assert [c.kind for c in conv3] == ['all-gather']
+  # Joining the towers is between the two devices of a data shard; the
+  # parameters' gradients are summed across data shards only.
+  assert {c.axes for c in forward} == {('model',)}
+  gradients = [c for c in found if c.kind == 'all-reduce' and 'arrays' in c.layer]
+  assert [c.axes for c in gradients] == [('data',)]
   # The gathered pooled conv2 maps: (batch 16 / 4 data shards) x 3 x 3 x
   # (2 towers x 16) float32 at this test's 67x67 input.
   assert conv3[0].bytes == 4 * 3 * 3 * 32 * 4
@@ -103,7 +108,22 @@ def test_data_parallel_all_reduces_exactly_the_gradients():
   reduced = sum(c.bytes for c in found if c.kind == 'all-reduce')
   # The three metric sums (loss, top-1, top-5) ride along in the same op.
   assert reduced - param_bytes in (0, 3 * 4)
-  assert {c.kind for c in found} == {'all-reduce'}
+  assert {(c.kind, c.axes) for c in found} == {('all-reduce', ('data',))}
+
+
+@pytest.mark.parametrize('notation', [
+    'replica_groups={{0,2,4,6},{1,3,5,7}}',
+    'replica_groups=[2,4]<=[4,2]T(1,0)',
+    "replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0'}"])
+def test_replica_groups_in_each_notation_give_the_axis(notation):
+  # Three ways XLA writes the same groups: devices 0,2,4,6 and 1,3,5,7 of a
+  # 4x2 mesh, which differ along 'data' only.
+  line = f'%ar = f32[8]{{0}} all-reduce(%x), channel_id=1, {notation}, to_apply=%add'
+  (found,) = comm_report.collectives(line, {'data': 4, 'model': 2})
+  assert found.axes == ('data',)
+  (across,) = comm_report.collectives(line.replace(notation, 'replica_groups={}'),
+                                      {'data': 4, 'model': 2})
+  assert across.axes == ('data', 'model')
 
 
 def test_paper_config_on_a_4x2_mesh_reports_its_collectives(capsys):
