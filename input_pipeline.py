@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
+from jax.experimental import multihost_utils
 
 import demo_dataset  # noqa: F401  (registers `demo_shapes` with TFDS)
 import image_folder
@@ -119,13 +120,33 @@ def _prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | None) -> None:
       try_download_gcs=False))
 
 
+# The datasets this process has already met the other processes for.
+_COORDINATED: set[tuple[str | None, ...]] = set()
+
+
 def get_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """Returns the prepared TFDS builder for `data.name` in `data.data_dir`.
 
   demo_shapes is generated if needed; a manual dataset whose files are in
   place is prepared from them. Anything else that is not prepared raises
   DatasetNotFoundError saying where the files belong.
+
+  With several processes, the first call on each (all processes make it)
+  lets process 0 prepare the dataset before the others look: processes
+  sharing a data_dir would otherwise race to write it. A process whose
+  data_dir is its own prepares it after that.
   """
+  key = (data.name, data.data_dir, data.manual_dir)
+  if jax.process_count() == 1 or key in _COORDINATED:
+    return _prepared_builder(data)
+  if jax.process_index() == 0:
+    _prepared_builder(data)
+  multihost_utils.sync_global_devices(f'prepare {key}')
+  _COORDINATED.add(key)
+  return _prepared_builder(data)
+
+
+def _prepared_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   try:
     builder = tfds.builder(data.name, data_dir=data.data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:

@@ -20,6 +20,7 @@ import metric_log
 import parallel
 from trainer import Trainer
 from test_main import REPO, _tiny_demo_flags
+from test_parallel import _free_port
 from test_train import _batch, _small_config
 
 NUM_STEPS = 12
@@ -44,9 +45,9 @@ def _run(command, timeout=600):
 
 
 @contextlib.contextmanager
-def _running(command, log_path):
+def _running(command, log_path, env=None):
   """The run in the background; killed if the test fails before it ends."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **(env or {}))
   with open(log_path, 'w') as log:
     process = subprocess.Popen(command, cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=log)
@@ -139,6 +140,42 @@ def test_sigterm_saves_at_the_step_it_stops_and_exits_0(uninterrupted, tmp_path)
   assert 3 < step < 2000
   assert _saved_steps(workdir)[-1] == step
   assert metric_log.read(workdir)[-1]['step'] == step
+
+
+def test_two_processes_stop_together_on_sigterm_and_resume(tmp_path):
+  # A scheduler signals every process of a job. They share one data_dir
+  # (process 0 generates the demo first) and must agree on the step to
+  # stop at, save it together, exit 0, and resume from it.
+  port = _free_port()
+  workdir = tmp_path / 'work'
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+
+  def commands(steps):
+    return [_command(tmp_path, workdir, f'--config.num_train_steps={steps}',
+                     '--config.eval_every_epochs=1000',
+                     f'--coordinator_address=localhost:{port}', '--num_processes=2',
+                     f'--process_id={i}') for i in range(2)]
+
+  logs = [tmp_path / f'process{i}.log' for i in range(2)]
+  with _running(commands(2000)[0], logs[0], env) as first, \
+       _running(commands(2000)[1], logs[1], env) as second:
+    _wait_for(lambda: _saved_steps(workdir), first)
+    for process in (first, second):
+      process.send_signal(signal.SIGTERM)
+    assert [first.wait(timeout=300), second.wait(timeout=300)] == [0, 0]
+  stopped = {int(re.search(r'Preempted: stopped after step (\d+)',
+                           log.read_text())[1]) for log in logs}
+  assert len(stopped) == 1, stopped
+  (step,) = stopped
+  assert _saved_steps(workdir)[-1] == step
+
+  port = _free_port()
+  resumed = [_running(c, log, env) for c, log in zip(commands(step + 2), logs)]
+  with resumed[0] as first, resumed[1] as second:
+    assert [first.wait(timeout=300), second.wait(timeout=300)] == [0, 0]
+  for log in logs:
+    assert f'Restored checkpoint {step}' in log.read_text()
+  assert _saved_steps(workdir)[-1] == step + 2
 
 
 def test_eval_mode_prints_centre_and_ten_crop_errors(uninterrupted):
