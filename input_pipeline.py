@@ -504,7 +504,8 @@ class TrainIterator(Iterator[Batch]):
 
   Each epoch is a new tf.data pipeline, which takes about a second to trace
   and fill; `lookahead` batches before an epoch ends, a thread starts the
-  next one (0: when it is needed).
+  next one (0: when it is needed), so for those batches a TFDS source holds
+  two shuffle buffers.
   """
 
   def __init__(self, data: ml_collections.ConfigDict, *, batch_size: int,
