@@ -143,6 +143,17 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
       mask=batch['mask'], **classification_outputs(logits, batch['label']))
 
 
+_TRAIN_KEYS = frozenset({'image', 'shift', 'label'})
+
+
+def _check_keys(batch: dict[str, np.ndarray], keys: frozenset[str]) -> None:
+  if missing := keys - batch.keys():
+    raise ValueError(
+        f'The batch lacks {sorted(missing)}: the steps take {sorted(keys)}, '
+        "pixels in 'image' and the colour to add in 'shift', as "
+        'input_pipeline and synthetic_batch make them.')
+
+
 class Trainer:
   """The model, optimizer and schedule, compiled for one mesh."""
 
@@ -221,6 +232,7 @@ class Trainer:
 
   def train_step(self, state: TrainState,
                  batch: dict[str, np.ndarray]) -> tuple[TrainState, TrainMetrics]:
+    _check_keys(batch, _TRAIN_KEYS)
     with self._context():
       return self._p_train_step(state, parallel.global_batch(batch, self.batch_sharding))
 
@@ -229,6 +241,7 @@ class Trainer:
     total = None
     with self._context():
       for batch in batches:
+        _check_keys(batch, _TRAIN_KEYS | {'mask'})
         m = self._p_eval_step(state, parallel.global_batch(batch, self.batch_sharding))
         total = m if total is None else total.merge(m)
     if total is None:

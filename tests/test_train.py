@@ -110,6 +110,15 @@ def test_step_schedule_divides_at_epoch_boundaries():
                              rtol=1e-5)
 
 
+def test_batch_without_shift_is_refused_by_name():
+  config = _small_config()
+  trainer = Trainer(config, parallel.make_mesh(config.mesh, jax.devices()[:1]), 10)
+  batch = _batch(config)
+  del batch['shift']
+  with pytest.raises(ValueError, match=r"lacks \['shift'\]"):
+    trainer.train_step(trainer.init(0), batch)
+
+
 def test_batch_not_divisible_by_devices_is_refused():
   config = _small_config()
   config.batch_size = 12
