@@ -48,12 +48,14 @@ def _shape_bytes(shape: str) -> int:
 
 
 def _device_groups(line: str, num_devices: int) -> np.ndarray:
-  """(groups, devices per group) of an HLO collective, in its three notations.
+  """(groups, devices per group) of an HLO collective, in its notations.
 
-  Device ids index the program's devices, in the mesh's row-major order.
+  Device ids index the program's devices, in the mesh's row-major order. A
+  collective-permute's source-target pairs count as groups of two.
   """
   ids = np.arange(num_devices)
-  if m := re.search(r'replica_groups=\{((?:\{[\d,]*\},?)*)\}', line):
+  if m := re.search(r'(?:replica_groups|source_target_pairs)='
+                    r'\{((?:\{[\d,]*\},?)*)\}', line):
     groups = [[int(d) for d in g.split(',') if d]
               for g in re.findall(r'\{([\d,]*)\}', m[1])]
     # {} is one group of all devices; collective-permutes have none.
@@ -64,15 +66,31 @@ def _device_groups(line: str, num_devices: int) -> np.ndarray:
     if m[3]:
       iota = iota.transpose(dims(m[3]))
     return iota.reshape(dims(m[1]))
-  if m := re.search(r"replica_groups=mesh\[([^\]]*)\] \{([^}]*)\}", line):
+  if m := re.search(r"replica_groups=mesh\[([^\]]*)\]"
+                    r"(?:, device_ids=\(([^)]*\)?)\))? \{([^}]*)\}", line):
     names = re.findall(r"'(\w+)'=(\d+)", m[1])
-    spanned = re.findall(r"'(\w+)'", m[2])
-    iota = ids.reshape([int(size) for _, size in names])
+    spanned = re.findall(r"'(\w+)'", m[3])
+    iota = _device_order(m[2], ids).reshape([int(size) for _, size in names])
     inner = [i for i, (name, _) in enumerate(names) if name in spanned]
     outer = [i for i in range(len(names)) if i not in inner]
     size = int(np.prod([iota.shape[i] for i in inner]))
     return iota.transpose(outer + inner).reshape(-1, size)
+  if 'replica_groups=' in line:
+    raise ValueError(f'Unrecognised replica_groups notation in: {line.strip()}')
   return ids[None]
+
+
+def _device_order(spec: str | None, ids: np.ndarray) -> np.ndarray:
+  """The devices a mesh-notation group list lays out: all in order, an iota
+  such as [4,2]T(1,0) (reshaped, transposed, flattened), or a list."""
+  if not spec:
+    return ids
+  if m := re.fullmatch(r'\[([\d,]+)\](?:T\(([\d,]+)\))?', spec):
+    order = ids.reshape([int(d) for d in m[1].split(',')])
+    if m[2]:
+      order = order.transpose([int(d) for d in m[2].split(',')])
+    return order.reshape(-1)
+  return np.array([int(d) for d in spec.split(',')])
 
 
 def _axes(groups: np.ndarray, mesh_shape: dict[str, int]) -> tuple[str, ...]:

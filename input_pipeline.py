@@ -321,11 +321,12 @@ _MCU = 16  # the largest JPEG block (4:2:0 chroma subsampling), in pixels
 
 def _window(shape: tf.Tensor, ratio: tf.Tensor | int, *, resize_size: int,
             top: tf.Tensor, left: tf.Tensor,
-            size: int) -> tuple[tf.Tensor, tf.Tensor]:
+            size: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """Where the paper's (size, size) window at (top, left) lies in the image.
 
   `shape` is the image's (height, width); returns the window's corner and
-  side in the image shrunk by `ratio` (sides rounded up, as libjpeg does).
+  side in the image shrunk by `ratio`, and that image's (height, width)
+  (rounded up, as libjpeg does).
   """
   square = tf.reduce_min(shape)
   scale = tf.cast(square, tf.float32) / resize_size
@@ -337,7 +338,7 @@ def _window(shape: tf.Tensor, ratio: tf.Tensor | int, *, resize_size: int,
   side = tf.cast(tf.round(size * scale / ratio), tf.int32)
   shrunk = tf.cast(tf.math.ceil(tf.cast(shape, tf.float32) / ratio), tf.int32)
   side = tf.reduce_min(tf.concat([[side], shrunk - corner], 0))
-  return corner, tf.maximum(side, 1)
+  return corner, tf.maximum(side, 1), shrunk
 
 
 def _jpeg_window(encoded: tf.Tensor, *, size: int, **where) -> tf.Tensor:
@@ -348,11 +349,11 @@ def _jpeg_window(encoded: tf.Tensor, *, size: int, **where) -> tf.Tensor:
   ratio_index = tf.reduce_sum(tf.cast(
       side / tf.constant(_JPEG_RATIOS[1:], tf.float32) >= size, tf.int32))
   ratio = tf.gather(tf.constant(_JPEG_RATIOS), ratio_index)
-  corner, side = _window(shape, ratio, size=size, **where)
+  corner, side, shrunk = _window(shape, ratio, size=size, **where)
   # libjpeg-turbo's chroma upsampling differs at a cropped edge; a margin of
   # one MCU makes the window's pixels those of a full decode.
   low = tf.maximum(corner - _MCU, 0)
-  high = tf.minimum(corner + side + _MCU, -(-shape // ratio))
+  high = tf.minimum(corner + side + _MCU, shrunk)
   region = tf.concat([low, high - low], 0)
   image = tf.switch_case(ratio_index, [
       lambda r=r: tf.io.decode_and_crop_jpeg(encoded, region, channels=3, ratio=r)
@@ -370,7 +371,7 @@ def _jpeg_window(encoded: tf.Tensor, *, size: int, **where) -> tf.Tensor:
 def _other_window(encoded: tf.Tensor, *, size: int, **where) -> tf.Tensor:
   """The window of a PNG, GIF or BMP (rare: ImageNet has one), decoded whole."""
   image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-  corner, side = _window(tf.shape(image)[:2], 1, size=size, **where)
+  corner, side, _ = _window(tf.shape(image)[:2], 1, size=size, **where)
   top, left = tf.unstack(corner)
   return _resized(image[top:top + side, left:left + side], size, antialias=True)
 

@@ -114,9 +114,10 @@ def test_data_parallel_all_reduces_exactly_the_gradients():
 @pytest.mark.parametrize('notation', [
     'replica_groups={{0,2,4,6},{1,3,5,7}}',
     'replica_groups=[2,4]<=[4,2]T(1,0)',
-    "replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0'}"])
+    "replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0'}",
+    "replica_groups=mesh['axis_0'=2,'axis_1'=4], device_ids=([4,2]T(1,0)) {'axis_1'}"])
 def test_replica_groups_in_each_notation_give_the_axis(notation):
-  # Three ways XLA writes the same groups: devices 0,2,4,6 and 1,3,5,7 of a
+  # Four ways XLA writes the same groups: devices 0,2,4,6 and 1,3,5,7 of a
   # 4x2 mesh, which differ along 'data' only.
   line = f'%ar = f32[8]{{0}} all-reduce(%x), channel_id=1, {notation}, to_apply=%add'
   (found,) = comm_report.collectives(line, {'data': 4, 'model': 2})
@@ -124,6 +125,13 @@ def test_replica_groups_in_each_notation_give_the_axis(notation):
   (across,) = comm_report.collectives(line.replace(notation, 'replica_groups={}'),
                                       {'data': 4, 'model': 2})
   assert across.axes == ('data', 'model')
+
+
+def test_collective_permute_pairs_give_the_axis():
+  line = ('%cp = f32[8]{0} collective-permute(%x), channel_id=1, '
+          'source_target_pairs={{0,1},{1,0},{2,3},{3,2}}')
+  (found,) = comm_report.collectives(line, {'data': 2, 'model': 2})
+  assert found.axes == ('model',)
 
 
 def test_paper_config_on_a_4x2_mesh_reports_its_collectives(capsys):
