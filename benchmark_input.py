@@ -116,14 +116,16 @@ def _decode_timer(images: list[bytes], workers: int,
 def _pipeline_timer(data: ml_collections.ConfigDict, batch_size: int,
                     seed: int) -> Callable[[], float]:
   steps = math.ceil(_IMAGES_PER_ROUND / batch_size)
-  rounds = itertools.count()
+  # Each round begins an epoch, so that (with more than `steps` batches in an
+  # epoch) none includes setting up the next epoch's pipeline.
+  epoch_starts = itertools.count(
+      0, input_pipeline.steps_per_epoch(data, batch_size))
 
   def run() -> float:
     # A new pipeline each round, timed from its first batch on: nothing it
-    # decodes while the other loaders run counts, or competes with them. The
-    # steady state within an epoch is measured: no next epoch starts ahead.
+    # decodes while the other loaders run counts, or competes with them.
     batches = input_pipeline.train_iterator(
-        data, batch_size=batch_size, seed=seed, start_step=next(rounds) * steps,
+        data, batch_size=batch_size, seed=seed, start_step=next(epoch_starts),
         lookahead=0)
     next(batches)
     start = time.perf_counter()

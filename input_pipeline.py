@@ -21,8 +21,8 @@ quadrupled the bytes sent to the devices; there it fuses into conv1.
 Each process reads a disjoint shard; `batch_size` here is the per-process
 batch. The training stream is a pure function of (seed, process, epoch):
 epoch e is the shard shuffled with a seed derived from them, and each
-example's crop, flip and lighting are drawn from that seed and the example's
-position in the epoch. So a run resumed at step k computes where step k lies
+example's crop, flip and lighting are drawn from that seed by its position
+in the epoch. So a run resumed at step k computes where step k lies
 and skips to it without decoding what it skips.
 
 Nothing here downloads: TFDS datasets must be prepared, or be preparable from
@@ -316,7 +316,6 @@ def normalization(data: ml_collections.ConfigDict) -> Normalization:
 
 
 _JPEG_RATIOS = (1, 2, 4, 8)  # the downscalings libjpeg does while decoding
-_MCU = 16  # the largest JPEG block (4:2:0 chroma subsampling), in pixels
 
 
 def _window(shape: tf.Tensor, ratio: tf.Tensor | int, *, resize_size: int,
@@ -341,8 +340,11 @@ def _window(shape: tf.Tensor, ratio: tf.Tensor | int, *, resize_size: int,
   return corner, tf.maximum(side, 1), shrunk
 
 
-def _jpeg_window(encoded: tf.Tensor, *, size: int, **where) -> tf.Tensor:
-  """The window of a JPEG, decoding only it, shrunk by libjpeg where it can."""
+Region = tuple[tf.Tensor, tf.Tensor, tf.Tensor]  # pixels, window corner, side
+
+
+def _jpeg_region(encoded: tf.Tensor, *, size: int, **where) -> Region:
+  """Decodes a JPEG around the window only, shrunk by libjpeg where it can."""
   shape = tf.io.extract_jpeg_shape(encoded)[:2]
   side = tf.cast(size * tf.reduce_min(shape), tf.float32) / where['resize_size']
   # The largest decode-time shrink that keeps the window at least `size`.
@@ -350,30 +352,28 @@ def _jpeg_window(encoded: tf.Tensor, *, size: int, **where) -> tf.Tensor:
       side / tf.constant(_JPEG_RATIOS[1:], tf.float32) >= size, tf.int32))
   ratio = tf.gather(tf.constant(_JPEG_RATIOS), ratio_index)
   corner, side, shrunk = _window(shape, ratio, size=size, **where)
-  # libjpeg-turbo's chroma upsampling differs at a cropped edge; a margin of
-  # one MCU makes the window's pixels those of a full decode.
-  low = tf.maximum(corner - _MCU, 0)
-  high = tf.minimum(corner + side + _MCU, shrunk)
+  # libjpeg-turbo blends each pixel's chroma with its neighbour's; at a
+  # cropped edge it has no neighbour. One pixel more on each side brings
+  # them in, so the window's pixels are those of a full decode.
+  low = tf.maximum(corner - 1, 0)
+  high = tf.minimum(corner + side + 1, shrunk)
   region = tf.concat([low, high - low], 0)
-  image = tf.switch_case(ratio_index, [
-      lambda r=r: tf.io.decode_and_crop_jpeg(encoded, region, channels=3, ratio=r)
+  pixels = tf.switch_case(ratio_index, [
+      lambda r=r: tf.io.decode_and_crop_jpeg(encoded, region, channels=3,
+                                             ratio=r)
       for r in _JPEG_RATIOS])
-  top, left = tf.unstack(corner - low)
-  image = image[top:top + side, left:left + side]
-  image.set_shape([None, None, 3])
-  # An exact fit (prepared 256x256 images, crops of them) is not resampled;
-  # otherwise the window is under twice `size` (for a shorter side up to 16
-  # times resize_size), where bilinear needs no antialiasing.
-  return tf.cond(side == size, lambda: image,
-                 lambda: _resized(image, size, antialias=False))
+  return pixels, corner - low, side
 
 
-def _other_window(encoded: tf.Tensor, *, size: int, **where) -> tf.Tensor:
-  """The window of a PNG, GIF or BMP (rare: ImageNet has one), decoded whole."""
+def _other_region(encoded: tf.Tensor, *, size: int, **where) -> Region:
+  """A PNG, GIF or BMP (rare: ImageNet has one), decoded whole and, as its
+  window may be many times `size`, resampled with antialiasing here."""
   image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
   corner, side, _ = _window(tf.shape(image)[:2], 1, size=size, **where)
   top, left = tf.unstack(corner)
-  return _resized(image[top:top + side, left:left + side], size, antialias=True)
+  window = _resized(image[top:top + side, left:left + side], size,
+                    antialias=True)
+  return window, tf.zeros([2], tf.int32), tf.constant(size)
 
 
 def _resized(image: tf.Tensor, size: int, antialias: bool) -> tf.Tensor:
@@ -397,11 +397,19 @@ def decode_crop(encoded: tf.Tensor, *, resize_size: int, top: tf.Tensor,
   window horizontally. Non-JPEG files (PNGs named .JPEG, ...) are decoded
   whole; grayscale and CMYK files come out RGB.
   """
-  # Few branches, each doing much: in tf.data every control-flow op costs
-  # a function call per image.
   where = dict(resize_size=resize_size, top=top, left=left, size=size)
-  image = tf.cond(tf.io.is_jpeg(encoded), lambda: _jpeg_window(encoded, **where),
-                  lambda: _other_window(encoded, **where))
+  # Only decoding is branched on: in tf.data, the ops inside a branch run
+  # markedly slower than the same ops outside one.
+  pixels, corner, side = tf.cond(
+      tf.io.is_jpeg(encoded), lambda: _jpeg_region(encoded, **where),
+      lambda: _other_region(encoded, **where))
+  top, left = tf.unstack(corner)
+  image = pixels[top:top + side, left:left + side]
+  # An exact fit (prepared 256x256 images, crops of them) is not resampled.
+  # Otherwise the window is under twice `size` (for a shorter side up to 16
+  # times resize_size), where bilinear needs no antialiasing.
+  image = tf.cond(side == size, lambda: image,
+                  lambda: _resized(image, size, antialias=False))
   # Reflected last, on the fewest bytes; tf.reverse, as a negative-stride
   # slice is several times slower.
   image = tf.cond(tf.convert_to_tensor(flip), lambda: tf.reverse(image, [1]),
@@ -414,20 +422,31 @@ def decode_central_square(encoded: tf.Tensor, size: int) -> tf.Tensor:
   return decode_crop(encoded, resize_size=size, top=0, left=0, size=size)
 
 
-def lighting_offset(alpha: tf.Tensor, eigval, eigvec) -> tf.Tensor:
+def lighting_offset(alpha: np.ndarray, eigval: np.ndarray,
+                    eigvec: np.ndarray) -> np.ndarray:
   """The paper's PCA lighting, sum_i alpha_i l_i p_i, in 0-255 pixel units.
 
-  eigval and eigvec describe pixels scaled to [0, 1], hence the 255.
+  `alpha` is (..., 3); eigval and eigvec describe pixels scaled to [0, 1],
+  hence the 255.
   """
-  eigvec = tf.constant(eigvec, tf.float32)
-  return 255.0 * tf.linalg.matvec(eigvec, alpha * tf.constant(eigval, tf.float32))
+  return 255.0 * (alpha * eigval) @ np.transpose(eigvec)
 
 
-def random_lighting_offset(seed: tf.Tensor, sigma: float, eigval,
-                           eigvec) -> tf.Tensor:
-  """lighting_offset with alpha_i ~ N(0, sigma) drawn from `seed`."""
-  alpha = sigma * tf.random.stateless_normal([3], seed=seed)
-  return lighting_offset(alpha, eigval, eigvec)
+def augmentation(data: ml_collections.ConfigDict, norm: Normalization,
+                 seed: int, count: int) -> dict[str, np.ndarray]:
+  """Draws `count` examples' crop corners, flips and lighting offsets.
+
+  Drawn for a whole epoch at once: per example in tf.data, the dozen small
+  random ops cost about a tenth of the decoding.
+  """
+  rng = np.random.default_rng(seed)
+  top, left = rng.integers(0, data.resize_size - data.image_size + 1,
+                           (2, count), dtype=np.int32)
+  flip = rng.random(count) < 0.5
+  alpha = rng.normal(0.0, data.pca_sigma, (count, 3))
+  lighting = lighting_offset(alpha, norm.eigval, norm.eigvec)
+  return {'top': top, 'left': left, 'flip': flip,
+          'lighting': np.float32(lighting)}
 
 
 def ten_crops(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -573,31 +592,31 @@ class TrainIterator(Iterator[Batch]):
     data, norm = self._data, self._norm
     epoch_seed = _epoch_seed(self._seed, epoch)
     # Skipping happens on encoded records, before any decoding.
-    ds = self._source.read(data.train_split, epoch_seed).skip(first)
-    ds = ds.enumerate(start=first)
-
+    examples = self._source.read(data.train_split, epoch_seed).skip(first)
+    # Enough draws for the largest shard; zip stops at this shard's end.
+    count = math.ceil(self._source.num_examples(data.train_split) /
+                      jax.process_count())
+    draws = {k: v[first:] for k, v in
+             augmentation(data, norm, epoch_seed, count).items()}
+    ds = tf.data.Dataset.zip(
+        examples.enumerate(start=first),
+        tf.data.Dataset.from_tensor_slices(draws))
     size = data.image_size
 
-    def preprocess(index, example):
-      seed = tf.random.experimental.stateless_split(
-          tf.stack([tf.constant(epoch_seed, tf.int64), index]), num=3)
+    def preprocess(indexed, draw):
+      index, example = indexed
       # The random crop of the resize_size square; only its window is decoded.
-      top, left = tf.unstack(tf.random.stateless_uniform(
-          [2], seed=seed[0], maxval=data.resize_size - size + 1,
-          dtype=tf.int32))
-      flip = tf.random.stateless_uniform([], seed=seed[1]) < 0.5
       image = decode_crop(example['image'], resize_size=data.resize_size,
-                          top=top, left=left, size=size, flip=flip)
-      shift = -tf.constant(norm.mean)
+                          top=draw['top'], left=draw['left'], size=size,
+                          flip=draw['flip'])
       if norm.mean.ndim == 3:  # the mean image's window under the crop
-        shift = tf.slice(shift, [top, left, 0], [size, size, 3])
-        shift = tf.cond(flip, lambda: tf.reverse(shift, [1]), lambda: shift)
+        shift = tf.slice(-tf.constant(norm.mean), [draw['top'], draw['left'], 0],
+                         [size, size, 3])
+        shift = tf.cond(draw['flip'], lambda: tf.reverse(shift, [1]),
+                        lambda: shift)
       else:
-        shift = tf.reshape(shift, [1, 1, 3])
-      if data.pca_sigma > 0:
-        shift += random_lighting_offset(
-            seed[2], data.pca_sigma, norm.eigval, norm.eigvec)
-      return {'image': image, 'shift': shift,
+        shift = tf.reshape(-tf.constant(norm.mean), [1, 1, 3])
+      return {'image': image, 'shift': shift + draw['lighting'],
               'label': tf.cast(example['label'], tf.int32), 'index': index}
 
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from PIL import Image
 
 import benchmark_input
 import demo_dataset
@@ -344,17 +345,18 @@ EIGVEC = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0].astype(
 
 def test_lighting_offset_is_the_papers_formula():
   alpha = np.float32([0.3, -1.2, 0.7])
-  got = input_pipeline.lighting_offset(alpha, EIGVAL, EIGVEC).numpy()
+  got = input_pipeline.lighting_offset(alpha, EIGVAL, EIGVEC)
   expected = 255 * sum(alpha[i] * EIGVAL[i] * EIGVEC[:, i] for i in range(3))
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
 def test_lighting_covariance_in_the_eigenbasis_is_sigma2_l2():
   sigma, n = 0.1, 20_000
-  offsets = tf.data.Dataset.range(n).map(
-      lambda i: input_pipeline.random_lighting_offset(
-          tf.stack([i, tf.constant(7, tf.int64)]), sigma, EIGVAL, EIGVEC))
-  offsets = next(iter(offsets.batch(n))).numpy() / 255
+  data = ml_collections.ConfigDict(dict(resize_size=256, image_size=227,
+                                        pca_sigma=sigma))
+  norm = input_pipeline.Normalization(mean=np.zeros(3, np.float32),
+                                      eigval=EIGVAL, eigvec=EIGVEC)
+  offsets = input_pipeline.augmentation(data, norm, 7, n)['lighting'] / 255
   in_basis = offsets @ EIGVEC  # coordinates a_i l_i
   covariance = np.cov(in_basis, rowvar=False)
   expected = np.diag((sigma * EIGVAL) ** 2)
@@ -413,6 +415,30 @@ def test_decode_crop_is_scale_then_crop(width, height, fmt):
                            left + step:left + step + 227])
     assert error < 0.7 * np.abs(got - shifted).mean()
     assert error < (0.01 if (width, height) == (256, 256) else 4)
+
+
+@pytest.mark.parametrize('subsampling,progressive', [
+    (2, False), (1, False), (0, False), (2, True)])  # 4:2:0, 4:2:2, 4:4:4
+def test_decoding_only_the_window_gives_a_full_decodes_pixels(subsampling,
+                                                               progressive):
+  # libjpeg's chroma upsampling differs at a cropped edge; the window must
+  # not show it. Resampled the same way, the two agree exactly.
+  noise = np.random.default_rng(7).integers(0, 256, (375, 500, 3), np.uint8)
+  buffer = io.BytesIO()  # noise: the colour changes at every pixel
+  Image.fromarray(noise).save(buffer, 'JPEG', quality=90,
+                              subsampling=subsampling, progressive=progressive)
+  encoded = tf.constant(buffer.getvalue())
+  full = tf.io.decode_jpeg(encoded, channels=3)
+  # Windows whose left edge starts a 16-pixel block, or whose right edge
+  # ends a chroma sample: there a cropped decode differs.
+  for top, left in ((0, 1), (17, 12), (29, 5)):
+    where = dict(resize_size=256, top=tf.constant(top), left=tf.constant(left),
+                 size=227)
+    (y, x), side, _ = input_pipeline._window(tf.shape(full)[:2], 1, **where)
+    expected = input_pipeline._resized(full[y:y + side, x:x + side], 227,
+                                       antialias=False)
+    np.testing.assert_array_equal(input_pipeline.decode_crop(encoded, **where),
+                                  expected)
 
 
 # --- The paper's ten crops. ---
