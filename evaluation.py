@@ -37,6 +37,7 @@ def _choose_step(which: str, checkpoints: checkpointing.Checkpoints) -> int:
 
 def report(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Evaluates config.eval.checkpoint of `workdir`; returns a table."""
+  config = input_pipeline.with_dataset_classes(config)
   mesh = parallel.make_mesh(config.mesh)
   # steps_per_epoch only places the step schedule's boundaries: unused here.
   trainer = Trainer(config, mesh, steps_per_epoch=1)

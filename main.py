@@ -89,10 +89,14 @@ def main(argv):
   import parallel
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
-  logging.info('Config:\n%s', FLAGS.config)
+  config = FLAGS.config
+  if takes != 'data':  # the modes that build the network: fc8 needs a size
+    import input_pipeline
+    config = input_pipeline.with_dataset_classes(config)
+  logging.info('Config:\n%s', config)
   run = getattr(importlib.import_module(module), function)
-  args = {'config': (FLAGS.config,), 'data': (FLAGS.config.data,),
-          'workdir': (FLAGS.config, FLAGS.workdir)}[takes]
+  args = {'config': (config,), 'data': (config.data,),
+          'workdir': (config, FLAGS.workdir)}[takes]
   output = run(*args)
   if isinstance(output, str):
     print(output)

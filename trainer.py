@@ -163,6 +163,11 @@ class Trainer:
     parallel.check_batch(config.batch_size, mesh, config.axis_rules)
     parallel.check_batch(config.eval_batch_size, mesh, config.axis_rules,
                          'eval_batch_size')
+    if config.model.num_classes < 1:
+      raise ValueError(
+          f'model.num_classes={config.model.num_classes}: 0 stands for the '
+          "dataset's count, which input_pipeline.with_dataset_classes(config) "
+          'fills in (main.py does); or set --config.model.num_classes.')
     self.config = config
     self.mesh = mesh
     self.rules = list(config.axis_rules)

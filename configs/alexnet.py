@@ -85,7 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
 
   config.model = ml_collections.ConfigDict(dict(
-      num_classes=1000,
+      num_classes=0,  # 0: the dataset's (1000 for imagenet2012)
       towers=int(v.towers or arch['towers']),
       features=arch['features'],
       fc_features=(4096, 4096),

@@ -308,6 +308,35 @@ def test_unknown_dataset(tmp_path, no_downloads):
     input_pipeline.get_builder(data)
 
 
+# --- The number of classes. ---
+
+
+@pytest.mark.parametrize('name,classes', [('imagenet2012', 1000),
+                                          ('demo_shapes', 10)])
+def test_class_count_comes_from_the_dataset_unprepared(tmp_path, no_downloads,
+                                                       name, classes):
+  config = alexnet.get_config()
+  config.data = _data_config(tmp_path, name=name)
+  resolved = input_pipeline.with_dataset_classes(config)
+  assert resolved.model.num_classes == classes
+  assert config.model.num_classes == 0  # a copy: the caller's is unchanged
+  assert not list(tmp_path.iterdir())  # nothing prepared or written
+
+
+def test_class_count_of_an_image_folder_and_a_mismatch(tmp_path):
+  for split in ('train', 'validation'):
+    for name in ('cat', 'dog', 'eel'):
+      os.makedirs(tmp_path / split / name)
+      Image.new('RGB', (8, 8)).save(tmp_path / split / name / '0.jpg')
+  config = alexnet.get_config()
+  config.data.image_folder = str(tmp_path)
+  assert input_pipeline.with_dataset_classes(config).model.num_classes == 3
+  config.model.num_classes = 1000
+  with pytest.raises(ValueError, match=r'has 3 classes but the model has 1000; '
+                     r'set --config.model.num_classes=3'):
+    input_pipeline.with_dataset_classes(config)
+
+
 # --- Order and resumption. ---
 
 

@@ -14,6 +14,7 @@ from models import AlexNet, layers
 
 def _model(arg=''):
   config = alexnet_config.get_config(arg)
+  config.model.num_classes = 1000  # ImageNet's, the dataset's by default
   return AlexNet(**config.model), config.data.image_size
 
 

@@ -136,6 +136,7 @@ def test_collective_permute_pairs_give_the_axis():
 
 def test_paper_config_on_a_4x2_mesh_reports_its_collectives(capsys):
   config = alexnet_config.get_config('parallel=two_tower')
+  config.model.num_classes = 1000  # ImageNet's, the dataset's by default
   config.mesh.data = 4
   text = comm_report.report(config)
   assert 'forward   conv3     all-gather' in text
