@@ -103,6 +103,7 @@ def _decode_timer(images: list[bytes], workers: int,
       lambda x: decode(x)[0, 0, 0], num_parallel_calls=workers)
   options = tf.data.Options()
   options.threading.private_threadpool_size = workers
+  options.autotune.enabled = False  # as in the pipeline (its _deterministic)
   ds = ds.with_options(options)
 
   def run() -> float:
