@@ -98,17 +98,19 @@ def _pil_timer(images: list[bytes], data: ml_collections.ConfigDict,
 
 def _decode_timer(images: list[bytes], workers: int,
                   decode: Callable[[tf.Tensor], tf.Tensor]) -> Callable[[], float]:
-  # One pixel of each image is kept, so nothing is pruned or batched.
+  # Consumed as the pipeline is, in NumPy batches (one element at a time
+  # through Dataset.reduce cost decoding alone about 15%), keeping one pixel
+  # of each image so that nothing is pruned.
   ds = tf.data.Dataset.from_tensor_slices(images).map(
-      lambda x: decode(x)[0, 0, 0], num_parallel_calls=workers)
+      lambda x: decode(x)[:1, :1], num_parallel_calls=workers)
   options = tf.data.Options()
-  options.threading.private_threadpool_size = workers
   options.autotune.enabled = False  # as in the pipeline (its _deterministic)
-  ds = ds.with_options(options)
+  ds = ds.with_options(options).batch(128)
 
   def run() -> float:
     start = time.perf_counter()
-    ds.reduce(tf.constant(0, tf.int32), lambda n, _: n + 1)
+    for _ in ds.as_numpy_iterator():
+      pass
     return len(images) / (time.perf_counter() - start)
 
   return run
