@@ -269,18 +269,21 @@ def dataset_info(data: ml_collections.ConfigDict) -> DatasetInfo:
       num_eval_examples=source.num_examples(data.eval_split))
 
 
-def with_dataset_classes(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def with_dataset_classes(config: ml_collections.ConfigDict,
+                         classes: int | None = None) -> ml_collections.ConfigDict:
   """A copy of `config` whose model.num_classes, where 0, is the dataset's.
 
-  The count comes from the dataset's metadata (a TFDS builder's features, an
-  image folder's class folders): nothing is prepared or decoded, so the modes
-  that only build the network have it too. A nonzero model.num_classes that
-  differs from the dataset's is refused, naming the flag to change.
+  `classes` is the dataset's count where the caller has read it already;
+  otherwise it comes from the dataset's metadata (a TFDS builder's features,
+  an image folder's class folders): nothing is prepared or decoded, so the
+  modes that only build the network have it too. A nonzero
+  model.num_classes that differs from the dataset's is refused, naming the
+  flag to change.
   """
   data = config.data
-  if data.prepared_dir or data.image_folder:
+  if classes is None and (data.prepared_dir or data.image_folder):
     classes = get_source(data).num_classes
-  else:
+  elif classes is None:
     classes = _builder(data).info.features['label'].num_classes
   config = config.copy_and_resolve_references()
   if config.model.num_classes == 0:
@@ -446,8 +449,8 @@ def decode_crop(encoded: tf.Tensor, *, resize_size: int, top: tf.Tensor,
   whole; grayscale and CMYK files come out RGB.
   """
   where = dict(resize_size=resize_size, top=top, left=left, size=size)
-  # Only decoding is branched on: in tf.data, the ops inside a branch run
-  # markedly slower than the same ops outside one.
+  # Only decoding is branched on: in tf.data, the same ops ran slower
+  # inside a branch than outside one.
   pixels, corner, side = tf.cond(
       tf.io.is_jpeg(encoded), lambda: _jpeg_region(encoded, **where),
       lambda: _other_region(encoded, **where))

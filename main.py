@@ -90,7 +90,7 @@ def main(argv):
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
   config = FLAGS.config
-  if takes != 'data':  # the modes that build the network: fc8 needs a size
+  if takes == 'config':  # fc8's size; train and eval read it themselves
     import input_pipeline
     config = input_pipeline.with_dataset_classes(config)
   logging.info('Config:\n%s', config)

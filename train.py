@@ -43,8 +43,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains `config` in `workdir`; returns the final validation results."""
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh(config.mesh)
-  config = input_pipeline.with_dataset_classes(config)
   info = input_pipeline.dataset_info(config.data)
+  config = input_pipeline.with_dataset_classes(config, info.num_classes)
   steps_per_epoch = (config.steps_per_epoch if config.steps_per_epoch > 0
                      else info.num_train_examples // config.batch_size)
   if steps_per_epoch < 1:
