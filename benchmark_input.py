@@ -4,6 +4,8 @@ On the configured dataset, in one run and on the same images, with the same
 number of workers (one per CPU):
 
   input        the training pipeline (train_iterator), batches as NumPy
+               (its reflection is left to the compiled step, fused there
+               with normalisation, so it is not timed here)
   PIL          a plain PIL + NumPy loader doing the same decode, resize, crop
                and flip in a multiprocessing pool
   decode-only  JPEG decoding alone (tf.data, one thread per worker)

@@ -13,10 +13,12 @@ a horizontal reflection and PCA lighting, and for evaluation the centre crop
 or the ten crops (corners, centre and their reflections).
 
 Batches carry the crops as uint8 pixels and, per image, the colour `shift`
-to add to them (minus the mean, plus the lighting offset); the compiled
-step finishes with (image + shift) / std (trainer.standardize). On the host,
-float arithmetic over every pixel slowed the pipeline by about a sixth and
-quadrupled the bytes sent to the devices; there it fuses into conv1.
+to add to them (minus the mean, plus the lighting offset) and, in training,
+whether to `flip` (reflect) it; the compiled step finishes with
+(image + shift) / std, reflected where flip is set (trainer.standardize).
+On the host, float arithmetic over every pixel slowed the pipeline by about
+a sixth and quadrupled the bytes sent to the devices, and reflecting cost
+another pass; on the device all of it fuses into one.
 
 Each process reads a disjoint shard; `batch_size` here is the per-process
 batch. The training stream is a pure function of (seed, process, epoch):
@@ -358,65 +360,66 @@ def normalization(data: ml_collections.ConfigDict) -> Normalization:
 _JPEG_RATIOS = (1, 2, 4, 8)  # the downscalings libjpeg does while decoding
 
 
-def _window(shape: tf.Tensor, ratio: tf.Tensor | int, *, resize_size: int,
-            top: tf.Tensor, left: tf.Tensor,
-            size: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def _window(shape: tf.Tensor, *, resize_size: int, top: tf.Tensor,
+            left: tf.Tensor, size: int) -> tuple[tf.Tensor, ...]:
   """Where the paper's (size, size) window at (top, left) lies in the image.
 
-  `shape` is the image's (height, width); returns the window's corner and
-  side in the image shrunk by `ratio`, and that image's (height, width)
-  (rounded up, as libjpeg does).
+  `shape` is the image's (height, width). Returns the index in _JPEG_RATIOS
+  of the largest shrink that keeps the window at least `size`, and, in the
+  image shrunk by it, the window's corner and side and the image's (height,
+  width), rounded up as libjpeg does: float32, whole numbers. Few ops, as
+  each op costs tf.data about a microsecond an example.
   """
+  shape = tf.cast(shape, tf.float32)
   square = tf.reduce_min(shape)
-  scale = tf.cast(square, tf.float32) / resize_size
-  ratio = tf.cast(ratio, tf.float32)
-  corner = tf.cast((shape - square) // 2, tf.float32) + tf.cast(
-      tf.stack([top, left]), tf.float32) * scale
+  scale = square / resize_size  # image pixels per pixel of the paper's view
+  ratio_index = tf.reduce_sum(
+      tf.cast(scale >= tf.constant(_JPEG_RATIOS[1:], tf.float32), tf.int32))
+  ratio = tf.gather(tf.constant(_JPEG_RATIOS, tf.float32), ratio_index)
   # Rounded, not truncated: the window falls within half a decoded pixel.
-  corner = tf.cast(tf.round(corner / ratio), tf.int32)
-  side = tf.cast(tf.round(size * scale / ratio), tf.int32)
-  shrunk = tf.cast(tf.math.ceil(tf.cast(shape, tf.float32) / ratio), tf.int32)
-  side = tf.reduce_min(tf.concat([[side], shrunk - corner], 0))
-  return corner, tf.maximum(side, 1), shrunk
+  corner = tf.round((tf.floor((shape - square) / 2) + scale * tf.cast(
+      tf.stack([top, left]), tf.float32)) / ratio)
+  shrunk = tf.math.ceil(shape / ratio)
+  side = tf.maximum(tf.minimum(tf.round(size * scale / ratio),
+                               tf.reduce_min(shrunk - corner)), 1)
+  return ratio_index, corner, side, shrunk
 
 
 Region = tuple[tf.Tensor, tf.Tensor, tf.Tensor]  # pixels, window corner, side
 
 
-def _jpeg_region(encoded: tf.Tensor, *, size: int, **where) -> Region:
+def _jpeg_region(encoded: tf.Tensor, **where) -> Region:
   """Decodes a JPEG around the window only, shrunk by libjpeg where it can."""
-  shape = tf.io.extract_jpeg_shape(encoded)[:2]
-  side = tf.cast(size * tf.reduce_min(shape), tf.float32) / where['resize_size']
-  # The largest decode-time shrink that keeps the window at least `size`.
-  ratio_index = tf.reduce_sum(tf.cast(
-      side / tf.constant(_JPEG_RATIOS[1:], tf.float32) >= size, tf.int32))
-  ratio = tf.gather(tf.constant(_JPEG_RATIOS), ratio_index)
-  corner, side, shrunk = _window(shape, ratio, size=size, **where)
+  ratio_index, corner, side, shrunk = _window(
+      tf.io.extract_jpeg_shape(encoded)[:2], **where)
   # libjpeg-turbo blends each pixel's chroma with its neighbour's; at a
   # cropped edge it has no neighbour. One pixel more on each side brings
   # them in, so the window's pixels are those of a full decode. Its left
   # edge goes down to a multiple of 16, the widest block: libjpeg decodes
   # whole blocks anyway, and TensorFlow then need not shift every row.
-  low = tf.maximum(corner - 1, 0) // [1, 16] * [1, 16]
+  low = tf.floor(tf.maximum(corner - 1, 0) / [1, 16]) * [1, 16]
   high = tf.minimum(corner + side + 1, shrunk)
-  region = tf.concat([low, high - low], 0)
+  region = tf.cast(tf.concat([low, high - low], 0), tf.int32)
   pixels = tf.switch_case(ratio_index, [
       lambda r=r: tf.io.decode_and_crop_jpeg(encoded, region, channels=3,
                                              ratio=r)
       for r in _JPEG_RATIOS])
-  return pixels, corner - low, side
+  return pixels, tf.cast(corner - low, tf.int32), tf.cast(side, tf.int32)
 
 
-def _other_region(encoded: tf.Tensor, *, size: int, **where) -> Region:
-  """A PNG, GIF or BMP (rare: ImageNet has one), decoded whole and, as its
-  window may be many times `size`, resampled with antialiasing here."""
+def _other_region(encoded: tf.Tensor, *, resize_size: int, top: tf.Tensor,
+                  left: tf.Tensor, size: int) -> Region:
+  """A PNG, GIF or BMP (rare: ImageNet has one): the paper's view itself,
+  scaled whole with antialiasing (its shorter side may be many times
+  resize_size), its window exactly `size`."""
   image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-  corner, side, _ = _window(tf.shape(image)[:2], 1, size=size, **where)
-  top, left = tf.unstack(corner)
-  window = tf.image.resize(image[top:top + side, left:left + side],
-                           [size, size], antialias=True)
-  window = tf.cast(tf.round(window), tf.uint8)
-  return window, tf.zeros([2], tf.int32), tf.constant(size)
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scaled = tf.maximum(tf.cast(tf.round(
+      shape * resize_size / tf.reduce_min(shape)), tf.int32), resize_size)
+  view = tf.cast(tf.round(tf.image.resize(image, scaled, antialias=True)),
+                 tf.uint8)
+  corner = (scaled - resize_size) // 2 + tf.stack([top, left])
+  return view, corner, tf.constant(size)
 
 
 def bilinear(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -434,8 +437,7 @@ def bilinear(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def decode_crop(encoded: tf.Tensor, *, resize_size: int, top: tf.Tensor,
-                left: tf.Tensor, size: int,
-                flip: tf.Tensor | bool = False) -> tf.Tensor:
+                left: tf.Tensor, size: int) -> tf.Tensor:
   """A window of the image as the paper stored it, as uint8 pixels.
 
   The paper's view of an image is its central square scaled to
@@ -444,9 +446,9 @@ def decode_crop(encoded: tf.Tensor, *, resize_size: int, top: tf.Tensor,
   only that, letting libjpeg shrink by 2, 4 or 8 while decoding where the
   window is that much larger than `size`; bilinear resampling does the rest.
   Up to half a decoded pixel in where the window falls, this is scaling
-  then cropping, at a fraction of the cost. `flip` reflects the
-  window horizontally. Non-JPEG files (PNGs named .JPEG, ...) are decoded
-  whole; grayscale and CMYK files come out RGB.
+  then cropping, at a fraction of the cost. Non-JPEG files (PNGs named
+  .JPEG, ...) are decoded and scaled whole; grayscale and CMYK files come
+  out RGB.
   """
   where = dict(resize_size=resize_size, top=top, left=left, size=size)
   # Only decoding is branched on: in tf.data, the same ops ran slower
@@ -456,15 +458,11 @@ def decode_crop(encoded: tf.Tensor, *, resize_size: int, top: tf.Tensor,
       lambda: _other_region(encoded, **where))
   top, left = tf.unstack(corner)
   image = pixels[top:top + side, left:left + side]
-  # An exact fit (prepared 256x256 images, crops of them) is not resampled.
-  # Otherwise the window is under twice `size` (for a shorter side up to 16
-  # times resize_size), where bilinear needs no antialiasing.
+  # An exact fit (prepared 256x256 images, non-JPEGs) is not resampled.
+  # Otherwise the window is under twice `size`, where bilinear needs no
+  # antialiasing.
   image = tf.cond(side == size, lambda: image,
                   lambda: bilinear(image, size))
-  # Reflected last, on the fewest bytes; tf.reverse, as a negative-stride
-  # slice is several times slower.
-  image = tf.cond(tf.convert_to_tensor(flip), lambda: tf.reverse(image, [1]),
-                  lambda: image)
   return tf.ensure_shape(image, [size, size, 3])
 
 
@@ -569,9 +567,10 @@ class TrainIterator(Iterator[Batch]):
 
   Yields {'image': uint8 (batch_size, S, S, 3), 'shift': float32
   (batch_size, 1, 1, 3), or (batch_size, S, S, 3) with a mean image,
-  'label': int32 (batch_size,)} with S = data.image_size (see the module
-  docstring for `shift`). `skipped` counts the images that failed to decode
-  so far (with data.skip_corrupt).
+  'flip': bool (batch_size,), 'label': int32 (batch_size,)} with S =
+  data.image_size (see the module docstring for `shift` and `flip`).
+  `skipped` counts the images that failed to decode so far (with
+  data.skip_corrupt).
 
   Each epoch is a new tf.data pipeline, which takes about a second to trace
   and fill; `lookahead` batches before an epoch ends, a thread starts the
@@ -659,17 +658,17 @@ class TrainIterator(Iterator[Batch]):
       index, example = indexed
       # The random crop of the resize_size square; only its window is decoded.
       image = decode_crop(example['image'], resize_size=data.resize_size,
-                          top=draw['top'], left=draw['left'], size=size,
-                          flip=draw['flip'])
+                          top=draw['top'], left=draw['left'], size=size)
       if norm.mean.ndim == 3:  # the mean image's window under the crop
         shift = tf.slice(-tf.constant(norm.mean), [draw['top'], draw['left'], 0],
                          [size, size, 3])
-        shift = tf.cond(draw['flip'], lambda: tf.reverse(shift, [1]),
-                        lambda: shift)
       else:
         shift = tf.reshape(-tf.constant(norm.mean), [1, 1, 3])
+      # Reflecting is left to the compiled step (trainer.standardize), where
+      # it fuses with normalisation; here it was a pass over the pixels.
       return {'image': image, 'shift': shift + draw['lighting'],
-              'label': tf.cast(example['label'], tf.int32), 'index': index}
+              'flip': draw['flip'], 'label': tf.cast(example['label'], tf.int32),
+              'index': index}
 
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     ds = _skip_or_explain(ds, data)

@@ -75,13 +75,19 @@ def classification_outputs(logits: jax.Array, labels: jax.Array) -> dict[str, ja
 
 
 def standardize(batch: dict[str, jax.Array], std: tuple[float, ...]) -> jax.Array:
-  """The model's input: (image + shift) / std, in float32.
+  """The model's input: (image + shift) / std in float32, reflected where
+  the batch's 'flip' says (training batches).
 
-  The input pipeline sends uint8 pixels and each image's colour shift (minus
-  the mean, plus its PCA lighting offset); finishing the normalisation here
-  fuses it into the first convolution.
+  The input pipeline sends uint8 pixels, each image's colour shift (minus
+  the mean, plus its PCA lighting offset) and, for training, whether to
+  reflect it; done here, all of it fuses into one pass before the first
+  convolution instead of costing the host a pass over the pixels.
   """
-  return (batch['image'].astype(jnp.float32) + batch['shift']) / jnp.float32(std)
+  images = (batch['image'].astype(jnp.float32) + batch['shift']) / jnp.float32(std)
+  if 'flip' in batch:
+    images = jnp.where(batch['flip'][:, None, None, None], images[:, :, ::-1],
+                       images)
+  return images
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int,
@@ -91,7 +97,8 @@ def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int,
   size = config.data.image_size
   return {'image': rng.randint(0, 256, (batch_size, size, size, 3)).astype(np.uint8),
           'shift': np.tile(-np.float32(config.data.mean_rgb), (batch_size, 1, 1, 1)),
-          'label': rng.randint(0, config.model.num_classes, batch_size).astype(np.int32)}
+          'label': rng.randint(0, config.model.num_classes, batch_size).astype(np.int32),
+          'flip': rng.rand(batch_size) < 0.5}
 
 
 def _variables(state: TrainState, params: Any) -> dict[str, Any]:
@@ -143,15 +150,17 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
       mask=batch['mask'], **classification_outputs(logits, batch['label']))
 
 
-_TRAIN_KEYS = frozenset({'image', 'shift', 'label'})
+_TRAIN_KEYS = frozenset({'image', 'shift', 'flip', 'label'})
+_EVAL_KEYS = frozenset({'image', 'shift', 'label', 'mask'})
 
 
 def _check_keys(batch: dict[str, np.ndarray], keys: frozenset[str]) -> None:
   if missing := keys - batch.keys():
     raise ValueError(
         f'The batch lacks {sorted(missing)}: the steps take {sorted(keys)}, '
-        "pixels in 'image' and the colour to add in 'shift', as "
-        'input_pipeline and synthetic_batch make them.')
+        "pixels in 'image', the colour to add in 'shift' and, to train, "
+        "whether to reflect in 'flip', as input_pipeline and synthetic_batch "
+        'make them.')
 
 
 class Trainer:
@@ -246,7 +255,7 @@ class Trainer:
     total = None
     with self._context():
       for batch in batches:
-        _check_keys(batch, _TRAIN_KEYS | {'mask'})
+        _check_keys(batch, _EVAL_KEYS)
         m = self._p_eval_step(state, parallel.global_batch(batch, self.batch_sharding))
         total = m if total is None else total.merge(m)
     if total is None:

@@ -105,61 +105,52 @@ def test_demo_is_balanced_and_splits_differ(data_dir, train_images):
 
 
 def _locate(crop: np.ndarray, images: np.ndarray):
-  """Finds (index, top, left, flipped) such that `crop` is that window."""
+  """Finds (index, top, left) such that `crop` is that window, or None."""
   crop, images = crop.astype(np.int32), images.astype(np.int32)
   size = crop.shape[0]
   height = images.shape[1]
   # Windows' first rows, first 8 pixels: (N, tops, lefts, 3, 8).
   heads = np.lib.stride_tricks.sliding_window_view(
       images[:, :height - size + 1], size, axis=2)[..., :8]
-  for flipped, target in ((False, crop), (True, crop[:, ::-1])):
-    # Match a few pixels first, then confirm candidates on the whole window.
-    diff = np.abs(heads - target[0, :8].T).max(axis=(-2, -1))
-    for index, top, left in zip(*np.nonzero(diff == 0)):
-      window = images[index, top:top + size, left:left + size]
-      if np.array_equal(window, target):
-        return int(index), int(top), int(left), flipped
+  # Match a few pixels first, then confirm candidates on the whole window.
+  diff = np.abs(heads - crop[0, :8].T).max(axis=(-2, -1))
+  for index, top, left in zip(*np.nonzero(diff == 0)):
+    if np.array_equal(images[index, top:top + size, left:left + size], crop):
+      return int(index), int(top), int(left)
   return None
 
 
 def test_train_batch_shapes_and_dtypes(data_dir):
   batch = next(input_pipeline.train_iterator(
       _data_config(data_dir), batch_size=16, seed=0))
-  assert set(batch) == {'image', 'shift', 'label'}
+  assert set(batch) == {'image', 'shift', 'flip', 'label'}
   assert batch['image'].shape == (16, 64, 64, 3)
   assert batch['image'].dtype == np.uint8
   # Without lighting, each image's shift is minus the mean.
   np.testing.assert_array_equal(
       batch['shift'], np.broadcast_to(-np.float32(MEAN), (16, 1, 1, 3)))
+  assert batch['flip'].shape == (16,) and batch['flip'].dtype == bool
   assert batch['label'].shape == (16,)
   assert batch['label'].dtype == np.int32
   assert batch['label'].min() >= 0 and batch['label'].max() < 10
 
 
-def test_train_images_are_flipped_whole_images(data_dir, train_images):
+def test_train_images_are_whole_images_flipped_by_the_step(data_dir,
+                                                          train_images):
   # With image_size == resize_size the crop is the whole image, so each
-  # training image is a (possibly flipped) dataset image, pixel for pixel.
+  # training image is a dataset image, pixel for pixel; the compiled step
+  # reflects those whose 'flip' is set, and the model sees the paper's
+  # normalisation of it: (image - mean) / std.
   data = _data_config(data_dir, image_size=80)
   batch = next(input_pipeline.train_iterator(data, batch_size=32, seed=0))
-  flips = []
-  for image in batch['image']:
+  assert 0 < batch['flip'].sum() < 32  # Both orientations occur.
+  got = np.asarray(trainer.standardize(batch, data.std_rgb))
+  for image, flip, standardized in zip(batch['image'], batch['flip'], got):
     found = _locate(image, train_images)
     assert found is not None
-    assert found[1:3] == (0, 0)
-    flips.append(found[3])
-  assert 0 < sum(flips) < len(flips)  # Both orientations occur.
-
-
-def test_standardized_batch_is_the_papers_normalisation(data_dir,
-                                                        train_images):
-  # What the model sees, (image + shift) / std in the compiled step, is the
-  # dataset image minus the mean over the std.
-  data = _data_config(data_dir, image_size=80)
-  batch = next(input_pipeline.train_iterator(data, batch_size=4, seed=1))
-  got = np.asarray(trainer.standardize(batch, data.std_rgb))
-  for image, standardized in zip(batch['image'], got):
-    index, _, _, flipped = _locate(image, train_images)
-    source = train_images[index][:, ::-1] if flipped else train_images[index]
+    assert found[1:] == (0, 0)
+    source = train_images[found[0]]
+    source = source[:, ::-1] if flip else source
     np.testing.assert_allclose(
         standardized, (source - np.float32(MEAN)) / np.float32(STD), atol=1e-5)
 
@@ -171,7 +162,7 @@ def test_train_crops_are_random_windows(data_dir, train_images):
   for image in batch['image']:
     found = _locate(image, train_images)
     assert found is not None, 'a training crop is not a window of any image'
-    offsets.add(found[1:3])
+    offsets.add(found[1:])
   assert len(offsets) > 1
   assert all(0 <= t <= 16 and 0 <= l <= 16 for t, l in offsets)
 
@@ -186,8 +177,8 @@ def test_train_iterator_is_seeded(data_dir):
 
   a, b, c = batches(0), batches(0), batches(1)
   for x, y in zip(a, b):
-    np.testing.assert_array_equal(x['image'], y['image'])
-    np.testing.assert_array_equal(x['label'], y['label'])
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
   assert not np.array_equal(a[0]['image'], c[0]['image'])
   assert not np.array_equal(a[0]['label'], c[0]['label'])
   # The first epoch holds every example once (drop_remainder drops none).
@@ -403,6 +394,7 @@ def test_training_lighting_shifts_each_image_by_one_colour(data_dir):
   a = next(input_pipeline.train_iterator(plain, batch_size=16, seed=4))
   b = next(input_pipeline.train_iterator(lit, batch_size=16, seed=4))
   np.testing.assert_array_equal(a['image'], b['image'])
+  np.testing.assert_array_equal(a['flip'], b['flip'])
   per_image = (b['shift'] - a['shift'])[:, 0, 0]
   assert len(np.unique(per_image.round(3), axis=0)) == 16
   # Back in the eigenbasis, the 48 draws of alpha_i look like N(0, 0.5).
@@ -432,16 +424,14 @@ def test_decode_crop_is_scale_then_crop(width, height, fmt):
   top0, left0 = (height - square) // 2, (width - square) // 2
   view = tf.image.resize(full[top0:top0 + square, left0:left0 + square],
                          [256, 256], antialias=True).numpy()
-  for top, left, flip in ((0, 0, False), (29, 13, True), (29, 29, False)):
+  for top, left in ((0, 0), (29, 13), (29, 29)):
     got = input_pipeline.decode_crop(
         tf.constant(buffer.getvalue()), resize_size=256, top=tf.constant(top),
-        left=tf.constant(left), size=227, flip=tf.constant(flip)).numpy()
+        left=tf.constant(left), size=227).numpy()
     assert got.dtype == np.uint8
-    reflect = (lambda x: x[:, ::-1]) if flip else (lambda x: x)
-    error = np.abs(got - reflect(view[top:top + 227, left:left + 227])).mean()
+    error = np.abs(got - view[top:top + 227, left:left + 227]).mean()
     step = -1 if top else 1
-    shifted = reflect(view[top + step:top + step + 227,
-                           left + step:left + step + 227])
+    shifted = view[top + step:top + step + 227, left + step:left + step + 227]
     assert error < 0.7 * np.abs(got - shifted).mean()
     assert error < (0.01 if (width, height) == (256, 256) else 4)
 
@@ -463,7 +453,8 @@ def test_decoding_only_the_window_gives_a_full_decodes_pixels(subsampling,
   for top, left in ((0, 1), (17, 12), (29, 5)):
     where = dict(resize_size=256, top=tf.constant(top), left=tf.constant(left),
                  size=227)
-    (y, x), side, _ = input_pipeline._window(tf.shape(full)[:2], 1, **where)
+    _, (y, x), side, _ = input_pipeline._window(tf.shape(full)[:2], **where)
+    y, x, side = int(y), int(x), int(side)
     expected = input_pipeline.bilinear(full[y:y + side, x:x + side], 227)
     np.testing.assert_array_equal(input_pipeline.decode_crop(encoded, **where),
                                   expected)
