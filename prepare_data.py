@@ -2,15 +2,17 @@
 
 Every image of data.train_split and data.eval_split is scaled so that its
 shorter side is data.resize_size, cropped to the central square and written
-to data.prepared_dir/{train,validation}/<label, 5 digits>/<n>.jpg. Training
-and evaluation read that folder whenever data.prepared_dir is set, and then
-decode small JPEGs and skip the resampling. The folder appears only once
+to data.prepared_dir/{train,validation}/<label, 5 digits>/<n>.jpg, with the
+size in prepared.json. Training and evaluation read that folder whenever
+data.prepared_dir is set (and data.resize_size matches), and then decode
+small JPEGs and skip the resampling. The folder appears only once
 complete, so an interrupted preparation is never mistaken for a finished one.
 Run it as a single process.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -64,5 +66,7 @@ def prepare(data: ml_collections.ConfigDict) -> str:
     total = source.num_examples(split)
     lines.append(f'{split}: wrote {written} of {total} images '
                  f'({total - written} undecodable, skipped) to {name}/')
+  with open(os.path.join(tmp, input_pipeline.PREPARED_INFO), 'w') as f:
+    json.dump({'resize_size': data.resize_size}, f)
   os.replace(tmp, data.prepared_dir)
   return '\n'.join([f'Prepared {data.prepared_dir}:'] + lines)

@@ -188,5 +188,18 @@ def test_prepare_writes_the_papers_squares_and_training_reads_them(tmp_path):
   assert info == input_pipeline.DatasetInfo(2, 4, 5)
   batch = next(input_pipeline.train_iterator(data, batch_size=4, seed=0))
   assert batch['image'].shape == (4, 32, 32, 3)
+  # Whole-square crops of the copy are its images, pixel for pixel.
+  stored = [tf.io.decode_jpeg(open(f, 'rb').read()).numpy()
+            for f in glob.glob(f'{prepared}/train/*/*.jpg')]
+  for image in batch['image']:
+    assert any(np.array_equal(image, s) for s in stored)
   with pytest.raises(FileExistsError):
     prepare_data.prepare(data)
+  # Its crops are not resampled, so the copy must hold this resize_size.
+  larger = _config(root, prepared_dir=prepared, resize_size=48,
+                   image_size=32).data
+  with pytest.raises(ValueError, match=r'32x32 images.*resize_size=32'):
+    input_pipeline.train_iterator(larger, batch_size=4, seed=0)
+  os.remove(os.path.join(prepared, input_pipeline.PREPARED_INFO))
+  with pytest.raises(ValueError, match='prepare it again'):
+    input_pipeline.train_iterator(data, batch_size=4, seed=0)
