@@ -261,14 +261,14 @@ def _check_prepared(data: ml_collections.ConfigDict) -> None:
         f'data.prepared_dir={data.prepared_dir!r} does not exist; write it '
         'with --mode=prepare (same config), or unset it to read the source '
         'directly.')
-  info_path = os.path.join(data.prepared_dir, PREPARED_INFO)
-  if not os.path.isfile(info_path):
+  try:
+    with open(os.path.join(data.prepared_dir, PREPARED_INFO)) as f:
+      prepared_size = json.load(f)['resize_size']
+  except (OSError, ValueError, KeyError) as e:
     raise ValueError(
-        f'data.prepared_dir={data.prepared_dir!r} lacks {PREPARED_INFO}, so '
-        'it was not written by this version of --mode=prepare; delete it and '
-        'prepare it again.')
-  with open(info_path) as f:
-    prepared_size = json.load(f)['resize_size']
+        f'data.prepared_dir={data.prepared_dir!r} has no readable '
+        f'{PREPARED_INFO} ({e!r}), so it was not written by this version of '
+        '--mode=prepare; delete it and prepare it again.') from e
   if prepared_size != data.resize_size:
     raise ValueError(
         f'data.prepared_dir={data.prepared_dir!r} holds {prepared_size}x'

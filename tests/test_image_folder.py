@@ -200,6 +200,11 @@ def test_prepare_writes_the_papers_squares_and_training_reads_them(tmp_path):
                    image_size=32).data
   with pytest.raises(ValueError, match=r'32x32 images.*resize_size=32'):
     input_pipeline.train_iterator(larger, batch_size=4, seed=0)
-  os.remove(os.path.join(prepared, input_pipeline.PREPARED_INFO))
+  info_file = os.path.join(prepared, input_pipeline.PREPARED_INFO)
+  with open(info_file, 'w') as f:
+    f.write('{"resize')  # cut short
+  with pytest.raises(ValueError, match='prepare it again'):
+    input_pipeline.train_iterator(data, batch_size=4, seed=0)
+  os.remove(info_file)
   with pytest.raises(ValueError, match='prepare it again'):
     input_pipeline.train_iterator(data, batch_size=4, seed=0)
