@@ -189,12 +189,15 @@ class Source:
   {'image', 'label': int} examples, in a fixed order without a seed, or
   shuffled as a function of the seed. `load(example['image'])` is the
   encoded image: for TFDS, 'image' already; for image folders, 'image' is a
-  path and `load` reads the file, inside the map that decodes it.
+  path and `load` reads the file, inside the map that decodes it. With
+  `views`, every image is already the paper's view at data.resize_size (the
+  prepared copy, checked on opening), so crops of it need no resampling.
   """
   num_classes: int
   num_examples: Callable[[str], int]   # over all processes
   read: Callable[[str, int | None], tf.data.Dataset]
   load: Callable[[tf.Tensor], tf.Tensor]
+  views: bool = False
 
 
 def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -235,7 +238,8 @@ def _tfds_source(data: ml_collections.ConfigDict) -> Source:
 
 
 def _folder_source(root: str, val_fraction: float,
-                   split_names: dict[str, str] | None = None) -> Source:
+                   split_names: dict[str, str] | None = None,
+                   views: bool = False) -> Source:
   """`split_names` maps config split names to the folder's, where they differ."""
   folder = image_folder.scan(root, val_fraction=val_fraction)
   rename = lambda split: (split_names or {}).get(split, split)
@@ -247,7 +251,7 @@ def _folder_source(root: str, val_fraction: float,
 
   return Source(num_classes=len(folder.class_names),
                 num_examples=lambda split: folder.num_examples(rename(split)),
-                read=read, load=tf.io.read_file)
+                read=read, load=tf.io.read_file, views=views)
 
 
 PREPARED_INFO = 'prepared.json'  # what --mode=prepare records of its copy
@@ -283,7 +287,7 @@ def get_source(data: ml_collections.ConfigDict) -> Source:
     _check_prepared(data)
     # prepare_data.py writes train_split to train/ and eval_split to validation/.
     return _folder_source(data.prepared_dir, 0.0, {
-        data.train_split: 'train', data.eval_split: 'validation'})
+        data.train_split: 'train', data.eval_split: 'validation'}, views=True)
   if data.image_folder:
     return _folder_source(data.image_folder, data.val_fraction)
   return _tfds_source(data)
@@ -669,12 +673,12 @@ class TrainIterator(Iterator[Batch]):
 
   def _epoch(self, epoch: int, first: int) -> tf.data.Dataset:
     """Epoch `epoch` from its example `first` on, as batches."""
-    data, norm, load = self._data, self._norm, self._source.load
+    data, norm, source = self._data, self._norm, self._source
     epoch_seed = _epoch_seed(self._seed, epoch)
     # Skipping happens on encoded records, before any decoding.
-    examples = self._source.read(data.train_split, epoch_seed).skip(first)
+    examples = source.read(data.train_split, epoch_seed).skip(first)
     # Enough draws for the largest shard; zip stops at this shard's end.
-    count = math.ceil(self._source.num_examples(data.train_split) /
+    count = math.ceil(source.num_examples(data.train_split) /
                       jax.process_count())
     draws = {k: v[first:] for k, v in
              augmentation(data, norm, epoch_seed, count).items()}
@@ -682,18 +686,20 @@ class TrainIterator(Iterator[Batch]):
         examples.enumerate(start=first),
         tf.data.Dataset.from_tensor_slices(draws))
     size = data.image_size
+    # Negated (and shaped) once here, not per example.
+    minus_mean = -(norm.mean if norm.mean.ndim == 3 else norm.mean[None, None])
 
     def preprocess(indexed, draw):
       index, example = indexed
       # The random crop of the resize_size square; only its window is decoded.
-      image = decode_crop(load(example['image']), resize_size=data.resize_size,
-                          top=draw['top'], left=draw['left'], size=size,
-                          resample=not data.prepared_dir)
+      image = decode_crop(source.load(example['image']),
+                          resize_size=data.resize_size, top=draw['top'],
+                          left=draw['left'], size=size,
+                          resample=not source.views)
+      shift = minus_mean
       if norm.mean.ndim == 3:  # the mean image's window under the crop
-        shift = tf.slice(-tf.constant(norm.mean), [draw['top'], draw['left'], 0],
+        shift = tf.slice(minus_mean, [draw['top'], draw['left'], 0],
                          [size, size, 3])
-      else:
-        shift = tf.reshape(-tf.constant(norm.mean), [1, 1, 3])
       # Reflecting is left to the compiled step (trainer.standardize), where
       # it fuses with normalisation; here it was a pass over the pixels.
       return {'image': image, 'shift': shift + draw['lighting'],
@@ -760,7 +766,7 @@ def eval_iterator(data: ml_collections.ConfigDict, *, batch_size: int,
     # window decoded alone can fall up to half a source pixel off.
     image = decode_central_square(source.load(example['image']),
                                   data.resize_size,
-                                  resample=not data.prepared_dir)
+                                  resample=not source.views)
     image = ten_crops(image, size) if ten_crop else _centre_crop(image, size)
     return {'image': image, 'shift': shift,
             'label': tf.cast(example['label'], tf.int32),
