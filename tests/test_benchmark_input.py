@@ -31,6 +31,8 @@ def test_report_times_every_loader_and_ends_with_the_ratios(tmp_path,
   input_rate, vs_pil, vs_decode = re.fullmatch(
       r'input img/s: (\d+)  vs PIL: ([\d.]+)x  vs decode-only: ([\d.]+)x',
       lines[-1]).groups()
-  assert int(input_rate) == round(rates['input'])
+  # The row prints one decimal and the summary none, so they can differ by
+  # the two roundings together (e.g. 1515.46 -> '1515.5' and '1515').
+  assert abs(int(input_rate) - rates['input']) <= 0.55
   assert abs(float(vs_pil) - rates['input'] / rates['PIL']) < 0.006
   assert abs(float(vs_decode) - rates['input'] / rates['decode-only']) < 0.006
