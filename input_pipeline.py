@@ -314,10 +314,10 @@ def with_dataset_classes(config: ml_collections.ConfigDict,
   flag to change.
   """
   data = config.data
-  if classes is None and (data.prepared_dir or data.image_folder):
-    classes = get_source(data).num_classes
-  elif classes is None:
-    classes = _builder(data).info.features['label'].num_classes
+  if classes is None:
+    classes = (get_source(data).num_classes
+               if data.prepared_dir or data.image_folder
+               else _builder(data).info.features['label'].num_classes)
   config = config.copy_and_resolve_references()
   if config.model.num_classes == 0:
     config.model.num_classes = classes
