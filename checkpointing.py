@@ -4,7 +4,7 @@ A checkpoint is <workdir>/checkpoints/<step>/ with three orbax items:
   state   the TrainState (parameters, momentum, plateau schedule, step, dropout
           key), saved sharded: each process writes its own shards;
   config  the config it was trained with (JSON);
-  meta    the data position and the latest validation results (JSON).
+  meta    the latest validation results (JSON).
 Orbax writes each checkpoint under a temporary name and renames it when
 complete, so a crash mid-save never leaves a checkpoint that looks finished.
 Restoring goes through the target shardings of the current mesh, so a state
@@ -42,7 +42,7 @@ BEST_METRIC = 'val_top1_error'
 # something else. Any other key (logging, evaluation and checkpoint
 # intervals, the number of steps, the mesh) may change between runs.
 _MUST_MATCH_SECTIONS = ('model', 'data', 'optimizer', 'schedule')
-_MUST_MATCH_KEYS = ('seed', 'batch_size', 'steps_per_epoch')
+_MUST_MATCH_KEYS = ('seed', 'batch_size')
 # Data keys that say where files are or how fast they are read, not what
 # they hold.
 _MAY_CHANGE_DATA_KEYS = ('data.data_dir', 'data.manual_dir', 'data.prepared_dir',
@@ -64,8 +64,7 @@ class CheckpointWriteError(OSError):
 @dataclasses.dataclass(frozen=True)
 class Restored:
   state: TrainState
-  step: int
-  data_position: int          # training batches consumed
+  step: int                   # also the training batches consumed
   results: dict[str, Any]     # the latest validation results, or {}
 
 
@@ -135,7 +134,7 @@ class Checkpoints:
     checkpoint competes for best.
     """
     step = int(state.step)
-    meta = dict(data_position=step, results=results)
+    meta = dict(results=results)
     try:
       self._manager.save(
           step,
@@ -217,10 +216,8 @@ class Checkpoints:
     compare_configs(saved['config'], self.config)
     state = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(trainer.abstract_state())))['state']
-    meta = saved['meta']
     logging.info('Restored checkpoint %d from %s.', step, self.directory)
-    return Restored(state=state, step=step, data_position=meta['data_position'],
-                    results=meta['results'])
+    return Restored(state=state, step=step, results=saved['meta']['results'])
 
   def _set_aside(self, step: int) -> None:
     if jax.process_index() == 0:

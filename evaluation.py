@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import ml_collections
 
 import checkpointing
@@ -39,8 +38,7 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Evaluates config.eval.checkpoint of `workdir`; returns a table."""
   config = input_pipeline.with_dataset_classes(config)
   mesh = parallel.make_mesh(config.mesh)
-  # steps_per_epoch only places the step schedule's boundaries: unused here.
-  trainer = Trainer(config, mesh, steps_per_epoch=1)
+  trainer = Trainer(config, mesh)
   checkpoints = checkpointing.Checkpoints(workdir, config, read_only=True)
   step = _choose_step(str(config.eval.checkpoint), checkpoints)
   state = checkpoints.restore(trainer, step).state
@@ -51,7 +49,7 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> str:
            f'{"crop":<12}{"top-1 error":>13}{"top-5 error":>13}{"examples":>10}']
   for name, ten_crop in CROPS:
     batches = input_pipeline.eval_iterator(
-        config.data, batch_size=config.eval_batch_size // jax.process_count(),
+        config.data, batch_size=parallel.process_batch_size(config.eval_batch_size),
         ten_crop=ten_crop)
     metrics = trainer.evaluate(state, batches)
     errors = metrics.compute()

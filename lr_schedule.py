@@ -21,12 +21,16 @@ class LearningRate:
   """Learning rate as a function of the step and the plateau state."""
 
   def __init__(self, optimizer: ml_collections.ConfigDict,
-               schedule: ml_collections.ConfigDict, steps_per_epoch: int):
+               schedule: ml_collections.ConfigDict,
+               steps_per_epoch: int | None = None):
+    """`steps_per_epoch` places the step schedule's boundaries; None (for
+    evaluation and benchmarks, which do not follow the schedule) leaves
+    the rate at its base."""
     if schedule.name not in ('plateau', 'step'):
       raise ValueError(f"Unknown schedule {schedule.name!r}: use 'plateau' or 'step'.")
     self.name = schedule.name
     self.base = optimizer.learning_rate
-    if self.name == 'step':
+    if self.name == 'step' and steps_per_epoch is not None:
       self._by_step = optax.piecewise_constant_schedule(
           self.base, {int(e * steps_per_epoch): schedule.factor
                       for e in schedule.boundaries})

@@ -3,7 +3,7 @@
 One mesh with axes ('data', 'model'). Parameters and activations carry logical
 axis names (flax.linen.with_logical_partitioning / with_logical_constraint);
 the config's `axis_rules` map them to mesh axes, so a parallelism strategy is a
-rule table, not a code path.
+rule table, not a code path: the strategies are in configs/parallelism.py.
 """
 
 from __future__ import annotations
@@ -117,6 +117,11 @@ def check_batch(batch_size: int, mesh: Mesh, rules: Rules,
         f'{what}={batch_size} is not divisible by the {shards} devices of the '
         f"mesh's {'x'.join(axes) or 'batch'} axes (and {jax.process_count()} "
         f'processes); set --config.{what} to a multiple of {multiple}.')
+
+
+def process_batch_size(batch_size: int) -> int:
+  """This process's part of a global batch (check_batch makes it whole)."""
+  return batch_size // jax.process_count()
 
 
 def check_divisible(abstract_tree: Any, shardings: Any) -> None:

@@ -1,7 +1,6 @@
 """train_and_evaluate(config, workdir): the training loop, evaluation and metrics."""
 
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -15,8 +14,8 @@ from clu import metric_writers, periodic_actions
 
 import checkpointing
 import input_pipeline
-import metric_log
 import parallel
+import run_files
 from trainer import Trainer, TrainMetrics
 
 
@@ -29,27 +28,21 @@ def _check_finite(step_metrics: list[TrainMetrics], first_step: int) -> None:
           'Lower --config.optimizer.learning_rate or check the input data.')
 
 
-def _write_results(workdir: str, results: dict[str, Any]) -> None:
-  if jax.process_index() != 0:
-    return
-  path = os.path.join(workdir, 'results.json')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(results, f, indent=2)
-  os.replace(tmp, path)  # readers never see a half-written file
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir`; returns the final validation results."""
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh(config.mesh)
   info = input_pipeline.dataset_info(config.data)
   config = input_pipeline.with_dataset_classes(config, info.num_classes)
-  steps_per_epoch = (config.steps_per_epoch if config.steps_per_epoch > 0
-                     else info.num_train_examples // config.batch_size)
+  local_batch = parallel.process_batch_size(config.batch_size)
+  steps_per_epoch = input_pipeline.steps_per_epoch(config.data, local_batch)
+  source = input_pipeline.source_name(config.data)
   if steps_per_epoch < 1:
-    raise ValueError(f'The training split has {info.num_train_examples} examples, '
-                     f'fewer than one batch of {config.batch_size}.')
+    raise ValueError(
+        f'The training split of {source!r} has {info.num_train_examples} '
+        f'examples, fewer than one batch of {config.batch_size} '
+        f'({local_batch} on each of {jax.process_count()} processes); lower '
+        '--config.batch_size.')
   num_steps = (config.num_train_steps if config.num_train_steps > 0
                else int(config.num_epochs * steps_per_epoch))
   eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
@@ -59,9 +52,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   restored = checkpoints.restore_latest(trainer)
   if restored is not None:
     state, results = restored.state, restored.results
-    data_position = restored.data_position
   else:
-    state, results, data_position = trainer.init(config.seed), {}, 0
+    state, results = trainer.init(config.seed), {}
     if config.init_from:
       state = checkpointing.load_params(config.init_from, trainer, state)
   first_step = int(state.step)
@@ -71,22 +63,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f'this run\'s {num_steps} steps; raise --config.num_epochs or '
         '--config.num_train_steps, or start a new --workdir.')
   logging.info('Training %s for %d steps (%d per epoch) from step %d on a %s mesh '
-               'of %d devices.', config.data.name, num_steps, steps_per_epoch,
+               'of %d devices.', source, num_steps, steps_per_epoch,
                first_step, dict(mesh.shape), mesh.size)
 
   writers = [metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)]
   if jax.process_index() == 0:
-    writers.append(metric_log.JsonlWriter(workdir, resume_step=first_step))
+    writers.append(run_files.JsonlWriter(workdir, resume_step=first_step))
   writer = metric_writers.MultiWriter(writers)
   writer.write_hparams(
       {k: str(v) for k, v in flax.traverse_util.flatten_dict(
           config.to_dict(), sep='.').items()})
   progress = periodic_actions.ReportProgress(
       num_train_steps=num_steps, writer=writer, every_steps=config.log_every_steps)
-  local_batch = config.batch_size // jax.process_count()
+  # The checkpoint's step is also the number of batches consumed.
   train_iter = input_pipeline.train_iterator(config.data, batch_size=local_batch,
-                                             seed=config.seed, start_step=data_position)
+                                             seed=config.seed, start_step=first_step)
   save_every = config.checkpoint.every_steps
 
   start = time.perf_counter()
@@ -124,7 +116,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if evaluate:
         with progress.timed('eval'):
           val = trainer.evaluate(state, input_pipeline.eval_iterator(
-              config.data, batch_size=config.eval_batch_size // jax.process_count()))
+              config.data,
+              batch_size=parallel.process_batch_size(config.eval_batch_size)))
         val_metrics = {k: float(v) for k, v in val.compute().items()}
         state = trainer.after_eval(state, val_metrics['top1_error'])
         results = dict(
@@ -137,7 +130,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             train_seconds=time.perf_counter() - start)
         writer.write_scalars(step + 1, {k: v for k, v in results.items()
                                         if k.startswith('val_')})
-        _write_results(workdir, results)
+        if jax.process_index() == 0:
+          run_files.write_results(workdir, results)
         # Reset the interval so evaluation time does not count as training time.
         interval_start, data_wait = time.perf_counter(), 0.0
 

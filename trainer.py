@@ -167,7 +167,8 @@ class Trainer:
   """The model, optimizer and schedule, compiled for one mesh."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-               steps_per_epoch: int):
+               steps_per_epoch: int | None = None):
+    """`steps_per_epoch` places a step schedule's boundaries (training)."""
     parallel.check_rules(config.axis_rules)
     parallel.check_batch(config.batch_size, mesh, config.axis_rules)
     parallel.check_batch(config.eval_batch_size, mesh, config.axis_rules,

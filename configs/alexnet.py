@@ -9,40 +9,42 @@ Every field can also be overridden with --config.KEY=VALUE.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import ml_collections
 
-from configs import common
+from configs import parallelism, variants
+from models import presets
 
-VARIANTS = dict(
-    arch='paper',            # paper | owt ("one weird trick" / torchvision layout)
-    towers='',               # 1 | 2 (default: 2 for paper, 1 for owt)
-    norm='',                 # lrn | batchnorm | none (default: lrn for paper)
-    lrn='',                  # on | off: shorthand for norm=lrn | norm=none
+# None: the architecture's choice.
+VARIANTS: dict[str, str | None] = dict(
+    arch='paper',            # models/presets.py: ARCHITECTURES
+    size='full',             # full | tiny (models/presets.py: SIZES)
+    towers=None,             # 1 | 2
+    norm=None,               # lrn | batchnorm | none
+    lrn=None,                # on | off: shorthand for norm=lrn | norm=none
     norm_position='before_pool',  # before_pool (the paper) | after_pool (CaffeNet)
     pool='3x3',              # 3x3 (overlapping, stride 2) | 2x2 (non-overlapping)
-    init='',                 # paper: N(0, 0.01), biases 1 | modern: He normal, biases 0
+    init=None,               # paper: N(0, 0.01), biases 1 | modern: He normal, biases 0
     dtype='float32',         # compute dtype: float32 | bfloat16 (params stay float32)
     schedule='plateau',      # plateau | step
-    parallel='data',         # data | two_tower | owt | fsdp (configs.common.PARALLEL)
+    parallel='data',         # configs/parallelism.py: STRATEGIES
 )
-
-ARCHITECTURES = {
-    # 96, 256, 384, 384, 256 kernels in two towers of 227x227 input (the paper).
-    'paper': dict(features=(96, 256, 384, 384, 256), towers=2, norm='lrn',
-                  conv1_padding=0, image_size=227),
-    # Krizhevsky 2014 / torchvision: one tower, no LRN, 224 input, padded conv1.
-    'owt': dict(features=(64, 192, 384, 256, 256), towers=1, norm='none',
-                conv1_padding=2, image_size=224),
-}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the paper's training setup, adjusted by the `arg` variants."""
-  v = common.parse_arg(arg, **VARIANTS)
-  arch = common.choose('arch', v.arch, ARCHITECTURES)
-  norm = v.norm or arch['norm']
-  if v.lrn:
-    norm = common.choose('lrn', v.lrn, {'on': 'lrn', 'off': 'none'})
+  return build(variants.parse(arg, VARIANTS))
+
+
+def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
+  """The config of parsed variants `v` (every key of VARIANTS)."""
+  arch = variants.choose('arch', v['arch'], presets.ARCHITECTURES)
+  size = variants.choose('size', v['size'], presets.SIZES)
+  norm = v['norm'] or arch['norm']
+  if v['lrn']:
+    norm = variants.choose('lrn', v['lrn'], {'on': 'lrn', 'off': 'none'})
+  init = v['init'] or ('paper' if v['arch'] == 'paper' else 'modern')
 
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -56,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       train_split='train',
       eval_split='validation',
       # A folder of images, one sub-folder per class, read instead of the
-      # TFDS dataset `name` (image_folder.py has the layouts).
+      # TFDS dataset `name` (data/image_folder.py has the layouts).
       image_folder=ml_collections.FieldReference(None, field_type=str),
       # Held out of each class when the folder has no validation/ sub-folder.
       val_fraction=0.0,
@@ -86,25 +88,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict(dict(
       num_classes=0,  # 0: the dataset's (1000 for imagenet2012)
-      towers=int(v.towers or arch['towers']),
-      features=arch['features'],
-      fc_features=(4096, 4096),
+      towers=variants.choose('towers', v['towers'] or str(arch['towers']),
+                             {'1': 1, '2': 2}),
+      features=size.get('features', arch['features']),
+      fc_features=size.get('fc_features', (4096, 4096)),
       conv1_kernel=11,
       conv1_stride=4,
       conv1_padding=arch['conv1_padding'],
-      norm=common.choose('norm', norm, {n: n for n in ('lrn', 'batchnorm', 'none')}),
-      norm_position=common.choose(
-          'norm_position', v.norm_position,
-          {p: p for p in ('before_pool', 'after_pool')}),
+      norm=variants.choose('norm', norm, ('lrn', 'batchnorm', 'none')),
+      norm_position=variants.choose('norm_position', v['norm_position'],
+                                    ('before_pool', 'after_pool')),
       lrn_k=2.0, lrn_n=5, lrn_alpha=1e-4, lrn_beta=0.75,
-      pool_window=common.choose('pool', v.pool, {'3x3': 3, '2x2': 2}),
+      pool_window=variants.choose('pool', v['pool'], {'3x3': 3, '2x2': 2}),
       pool_stride=2,
       dropout_rate=0.5,
-      initialization=common.choose('init', v.init or ('paper' if v.arch == 'paper' else 'modern'),
-                         {'paper': 'paper', 'modern': 'modern'}),
-      dtype=common.choose('dtype', v.dtype, {'float32': 'float32', 'bfloat16': 'bfloat16'}),
+      initialization=variants.choose('init', init, ('paper', 'modern')),
+      dtype=variants.choose('dtype', v['dtype'], ('float32', 'bfloat16')),
   ))
-  common.choose('towers', str(config.model.towers), {'1': 1, '2': 2})
 
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=0.01,
@@ -112,7 +112,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       weight_decay=0.0005,
   ))
   config.schedule = ml_collections.ConfigDict(dict(
-      name=common.choose('schedule', v.schedule, {'plateau': 'plateau', 'step': 'step'}),
+      name=variants.choose('schedule', v['schedule'], ('plateau', 'step')),
       factor=0.1,
       # plateau: divide when validation top-1 error has not improved by
       # `threshold` (absolute) for `patience` evaluations; at most
@@ -128,7 +128,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_batch_size = 128
   config.num_epochs = 90
   config.num_train_steps = -1      # > 0 stops earlier (tests, smoke runs)
-  config.steps_per_epoch = -1      # > 0 overrides dataset size / batch size
   config.eval_every_epochs = 1.0
   config.log_every_steps = 100
 
@@ -146,7 +145,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # --mode=eval evaluates this checkpoint: 'latest', 'best' or a step number.
   config.eval = ml_collections.ConfigDict(dict(checkpoint='latest'))
 
-  parallel = common.choose('parallel', v.parallel, common.PARALLEL)
+  parallel = variants.choose('parallel', v['parallel'], parallelism.STRATEGIES)
   # -1: all devices the other axis leaves.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, model=parallel['model']))
   config.axis_rules = parallel['rules']

@@ -1,4 +1,7 @@
-"""AlexNet and its parts. Nothing here knows about data or devices."""
+"""AlexNet, its parts (layers) and its named architectures (presets).
+
+Nothing here knows about data or devices.
+"""
 
 from models.alexnet import AlexNet
 

@@ -71,7 +71,8 @@ class TowerConv(nn.Module):
   or, with `mix_towers`, the maps of all input towers (conv1 on the image,
   conv3 in the paper). Towers are separate plain convolutions, never
   `feature_group_count`: XLA's CPU backward pass for grouped convolutions is
-  about 13x slower than the same work as plain convolutions.
+  many times slower than the same work as plain convolutions
+  (docs/performance.md).
   """
   towers: int
   features: int                  # summed over towers

@@ -1,6 +1,8 @@
-"""Test setup: eight simulated CPU devices, and the repository on sys.path."""
+"""Test setup: eight simulated CPU devices, the repository on sys.path, and
+the helpers several test files share, as fixtures."""
 
 import os
+import socket
 import sys
 
 # Must happen before jax is imported anywhere.
@@ -8,3 +10,42 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # noqa: E402
+
+from configs import demo as demo_config  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def small_config():
+  """Makes the tiny demo network's config for synthetic batches of 16 at
+  67x67 (the smallest input the paper's geometry takes), on a mesh."""
+  def make(arg: str = '', **mesh):
+    config = demo_config.get_config(','.join(filter(None, ['size=tiny', arg])))
+    config.data.image_size = 67
+    config.batch_size = config.eval_batch_size = 16
+    config.mesh.update(mesh)
+    return config
+  return make
+
+
+@pytest.fixture(scope='session')
+def tiny_demo_flags():
+  """Makes main.py flags for a 6-step run of the tiny demo under a folder."""
+  def make(tmp_path) -> list[str]:
+    return [
+        '--config=configs/demo.py:size=tiny', f'--workdir={tmp_path / "work"}',
+        f'--config.data.data_dir={tmp_path / "tfds"}',
+        '--config.num_train_steps=6', '--config.log_every_steps=3',
+        '--config.batch_size=16', '--config.eval_batch_size=16']
+  return make
+
+
+@pytest.fixture(scope='session')
+def free_port():
+  """Finds a TCP port on localhost that nothing listens on, for a coordinator."""
+  def find() -> int:
+    with socket.socket() as s:
+      s.bind(('localhost', 0))
+      return s.getsockname()[1]
+  return find

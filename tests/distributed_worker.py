@@ -25,15 +25,13 @@ STEPS = 3
 def main() -> None:
   if int(num_processes) > 1:
     parallel.initialize_distributed(coordinator, int(num_processes), int(process_id))
-  config = demo.get_config('parallel=two_tower')
-  config.model.features = (16, 32, 32, 32, 16)
-  config.model.fc_features = (64, 64)
+  config = demo.get_config('parallel=two_tower,size=tiny')
   config.data.image_size = 67
   config.batch_size = 16
   config.mesh.data = 4
-  trainer = Trainer(config, parallel.make_mesh(config.mesh), steps_per_epoch=100)
+  trainer = Trainer(config, parallel.make_mesh(config.mesh))
   state = trainer.init(config.seed)
-  local = config.batch_size // jax.process_count()
+  local = parallel.process_batch_size(config.batch_size)
   rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
   losses = []
   for step in range(STEPS):

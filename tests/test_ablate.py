@@ -3,8 +3,8 @@
 import os
 import subprocess
 import sys
+from tools import ablate
 
-import ablate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,12 +18,11 @@ def test_variant_joins_the_config_arguments():
 
 def _ablate(tmp_path, *variants):
   return subprocess.run(
-      [sys.executable, 'ablate.py', '--config=configs/demo.py',
+      [sys.executable, '-m', 'tools.ablate', '--config=configs/demo.py:size=tiny',
        *(f'--variant={v}' for v in variants), f'--workdir={tmp_path / "abl"}', '--',
-       '--config.data.name=demo_shapes/tiny', f'--config.data.data_dir={tmp_path / "tfds"}',
+       f'--config.data.data_dir={tmp_path / "tfds"}',
        '--config.num_train_steps=4', '--config.batch_size=16',
-       '--config.eval_batch_size=16', '--config.model.features=(16, 32, 32, 32, 16)',
-       '--config.model.fc_features=(32, 32)'],
+       '--config.eval_batch_size=16'],
       cwd=REPO, capture_output=True, text=True, timeout=900,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
 

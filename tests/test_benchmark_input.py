@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import re
 
-import benchmark_input
 from configs import alexnet
+from tools import benchmark_input, synthetic_photos
 
 
 def test_report_times_every_loader_and_ends_with_the_ratios(tmp_path,
                                                            monkeypatch):
   monkeypatch.setattr(benchmark_input, '_IMAGES_PER_ROUND', 64)
   monkeypatch.setattr(benchmark_input, '_ROUNDS', 2)
-  benchmark_input.make_folder(str(tmp_path), 192, num_classes=2)
+  synthetic_photos.make_folder(str(tmp_path), 192, num_classes=2)
   config = alexnet.get_config()
   config.data.image_folder = str(tmp_path)
   config.batch_size = 32

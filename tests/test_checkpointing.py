@@ -16,12 +16,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 import checkpointing
-import metric_log
+import run_files
 import parallel
-from trainer import Trainer
-from test_main import REPO, _tiny_demo_flags
-from test_parallel import _free_port
-from test_train import _batch, _small_config
+from trainer import Trainer, synthetic_batch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NUM_STEPS = 12
 # Saves at steps 3, 4, 6, 8, 9 and 12 (every 3 steps, and after each evaluation:
@@ -32,10 +31,15 @@ RUN_FLAGS = [f'--config.num_train_steps={NUM_STEPS}', '--config.log_every_steps=
 TIMING_KEYS = {'images_per_sec', 'data_wait_fraction', 'steps_per_sec', 'uptime'}
 
 
-def _command(tmp_path, workdir, *extra):
-  flags = [f for f in _tiny_demo_flags(tmp_path) if not f.startswith(
-      ('--workdir', '--config.num_train_steps', '--config.log_every_steps'))]
-  return [sys.executable, 'main.py', *flags, f'--workdir={workdir}', *RUN_FLAGS, *extra]
+@pytest.fixture(scope='module')
+def command(tiny_demo_flags):
+  """Makes the main.py command of a tiny demo run in `workdir`."""
+  def make(tmp_path, workdir, *extra):
+    flags = [f for f in tiny_demo_flags(tmp_path) if not f.startswith(
+        ('--workdir', '--config.num_train_steps', '--config.log_every_steps'))]
+    return [sys.executable, 'main.py', *flags, f'--workdir={workdir}', *RUN_FLAGS,
+            *extra]
+  return make
 
 
 def _run(command, timeout=600):
@@ -83,24 +87,25 @@ def _saved_state(workdir, step):
 def _logged_metrics(workdir):
   """The metric log without timings and without lines that held only timings."""
   records = [{k: v for k, v in r.items() if k not in TIMING_KEYS}
-             for r in metric_log.read(workdir)]
+             for r in run_files.read_metrics(workdir)]
   return [r for r in records if len(r) > 1]
 
 
 @pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory, command):
   tmp_path = tmp_path_factory.mktemp('uninterrupted')
   workdir = tmp_path / 'work'
-  result = _run(_command(tmp_path, workdir))
+  result = _run(command(tmp_path, workdir))
   assert result.returncode == 0, result.stderr[-3000:]
   return tmp_path, workdir
 
 
-def test_killed_run_resumes_to_identical_parameters_and_metric_log(uninterrupted, tmp_path):
+def test_killed_run_resumes_to_identical_parameters_and_metric_log(uninterrupted, tmp_path,
+                                                                  command):
   data_path, reference = uninterrupted
   assert _saved_steps(reference)[-1] == NUM_STEPS
   workdir = tmp_path / 'work'
-  command = _command(data_path, workdir)
+  command = command(data_path, workdir)
   # Kill once a random checkpoint before the last has been committed; the run
   # has then gone on by a random amount of work.
   # (Not 8 or later: the run could finish before the kill lands.)
@@ -123,11 +128,11 @@ def test_killed_run_resumes_to_identical_parameters_and_metric_log(uninterrupted
   assert _logged_metrics(workdir) == _logged_metrics(reference)
 
 
-def test_sigterm_saves_at_the_step_it_stops_and_exits_0(uninterrupted, tmp_path):
+def test_sigterm_saves_at_the_step_it_stops_and_exits_0(uninterrupted, tmp_path, command):
   data_path, _ = uninterrupted
   workdir = tmp_path / 'work'
   # Long enough that SIGTERM arrives mid-run; no evaluation slows it down.
-  command = _command(data_path, workdir, '--config.num_train_steps=2000',
+  command = command(data_path, workdir, '--config.num_train_steps=2000',
                      '--config.eval_every_epochs=1000')
   with _running(command, tmp_path / 'run.log') as process:
     _wait_for(lambda: _saved_steps(workdir), process)
@@ -139,19 +144,19 @@ def test_sigterm_saves_at_the_step_it_stops_and_exits_0(uninterrupted, tmp_path)
   step = int(stopped.group(1))
   assert 3 < step < 2000
   assert _saved_steps(workdir)[-1] == step
-  assert metric_log.read(workdir)[-1]['step'] == step
+  assert run_files.read_metrics(workdir)[-1]['step'] == step
 
 
-def test_two_processes_stop_together_on_sigterm_and_resume(tmp_path):
+def test_two_processes_stop_together_on_sigterm_and_resume(tmp_path, command, free_port):
   # A scheduler signals every process of a job. They share one data_dir
   # (process 0 generates the demo first) and must agree on the step to
   # stop at, save it together, exit 0, and resume from it.
-  port = _free_port()
+  port = free_port()
   workdir = tmp_path / 'work'
   env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
 
   def commands(steps):
-    return [_command(tmp_path, workdir, f'--config.num_train_steps={steps}',
+    return [command(tmp_path, workdir, f'--config.num_train_steps={steps}',
                      '--config.eval_every_epochs=1000',
                      f'--coordinator_address=localhost:{port}', '--num_processes=2',
                      f'--process_id={i}') for i in range(2)]
@@ -169,7 +174,7 @@ def test_two_processes_stop_together_on_sigterm_and_resume(tmp_path):
   (step,) = stopped
   assert _saved_steps(workdir)[-1] == step
 
-  port = _free_port()
+  port = free_port()
   resumed = [_running(c, log, env) for c, log in zip(commands(step + 2), logs)]
   with resumed[0] as first, resumed[1] as second:
     assert [first.wait(timeout=300), second.wait(timeout=300)] == [0, 0]
@@ -178,9 +183,9 @@ def test_two_processes_stop_together_on_sigterm_and_resume(tmp_path):
   assert _saved_steps(workdir)[-1] == step + 2
 
 
-def test_eval_mode_prints_centre_and_ten_crop_errors(uninterrupted):
+def test_eval_mode_prints_centre_and_ten_crop_errors(uninterrupted, command):
   data_path, workdir = uninterrupted
-  result = _run(_command(data_path, workdir, '--mode=eval',
+  result = _run(command(data_path, workdir, '--mode=eval',
                          '--config.eval.checkpoint=best'))
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.strip().splitlines()
@@ -197,21 +202,25 @@ def test_eval_mode_prints_centre_and_ten_crop_errors(uninterrupted):
 # --- in-process: meshes, safety, init_from ---------------------------------
 
 
-def _config(data=1, model=1):
-  config = _small_config(data=data, model=model)
-  config.checkpoint.asynchronous = False
-  return config
+@pytest.fixture(scope='module')
+def make_config(small_config):
+  def make(data=1, model=1):
+    config = small_config(data=data, model=model)
+    config.checkpoint.asynchronous = False
+    return config
+  return make
 
 
 def _trainer(config, num_devices):
   mesh = parallel.make_mesh(config.mesh, jax.devices()[:num_devices])
-  return Trainer(config, mesh, steps_per_epoch=100)
+  return Trainer(config, mesh)
 
 
 def _train(trainer, state, steps):
   losses = []
   for i in range(steps):
-    state, metrics = trainer.train_step(state, _batch(trainer.config, seed=i))
+    state, metrics = trainer.train_step(
+        state, synthetic_batch(trainer.config, trainer.config.batch_size, seed=i))
     losses.append(float(metrics.loss.compute()))
   return state, np.array(losses)
 
@@ -230,15 +239,15 @@ def _restore(workdir, config, trainer):
     checkpoints.close()
 
 
-def test_save_on_4x2_mesh_restore_on_1_and_2_devices_and_back(tmp_path):
-  config8 = _config(data=4, model=2)
+def test_save_on_4x2_mesh_restore_on_1_and_2_devices_and_back(tmp_path, make_config):
+  config8 = make_config(data=4, model=2)
   trainer8 = _trainer(config8, 8)
   state, _ = _train(trainer8, trainer8.init(0), 2)
   _save(tmp_path / 'eight', config8, state)
   _, expected = _train(trainer8, state, 2)
 
   for num_devices, mesh in ((1, dict(data=1, model=1)), (2, dict(data=1, model=2))):
-    config = _config(**mesh)
+    config = make_config(**mesh)
     trainer = _trainer(config, num_devices)
     restored = _restore(tmp_path / 'eight', config, trainer)
     assert restored.step == 2
@@ -248,7 +257,7 @@ def test_save_on_4x2_mesh_restore_on_1_and_2_devices_and_back(tmp_path):
     np.testing.assert_allclose(losses, expected, rtol=2e-5, atol=2e-5)
 
   # Saved on one device, restored onto the 4x2 mesh: unchanged, resharded.
-  config1 = _config()
+  config1 = make_config()
   one_device = _trainer(config1, 1).init(0)
   _save(tmp_path / 'one', config1, one_device)
   restored = _restore(tmp_path / 'one', config8, trainer8)
@@ -258,9 +267,9 @@ def test_save_on_4x2_mesh_restore_on_1_and_2_devices_and_back(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def one_device():
+def one_device(make_config):
   """A one-device trainer and a fresh state; compiled once for these tests."""
-  config = _config()
+  config = make_config()
   trainer = _trainer(config, 1)
   return config, trainer, trainer.init(0)
 
@@ -307,10 +316,11 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous(one_device, tmp
   assert _saved_steps(tmp_path) == [1]
 
 
-def test_changed_model_config_on_resume_names_the_keys(one_device, tmp_path, caplog):
+def test_changed_model_config_on_resume_names_the_keys(one_device, tmp_path, caplog,
+                                                      make_config):
   config, trainer, state = one_device
   _save(tmp_path, config, state)
-  changed = _config()
+  changed = make_config()
   changed.model.num_classes = 5
   changed.data.image_size = 71
   changed.log_every_steps = 7  # harmless: allowed and logged
@@ -321,7 +331,7 @@ def test_changed_model_config_on_resume_names_the_keys(one_device, tmp_path, cap
   assert 'data.image_size: 67 -> 71' in message
   assert 'log_every_steps' not in message
 
-  harmless = _config()
+  harmless = make_config()
   harmless.log_every_steps = 7
   with caplog.at_level('INFO'):
     assert _restore(tmp_path, harmless, trainer).step == 0

@@ -13,6 +13,7 @@ from PIL import Image
 import input_pipeline
 import trainer
 from configs import demo as demo_config
+from data import statistics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
@@ -50,7 +51,7 @@ def stats(tmp_path_factory):
 
 def test_stats_recover_eigenvalues_and_eigenvectors(stats):
   _, path = stats
-  s = input_pipeline.load_stats(path)
+  s = statistics.load_stats(path)
   np.testing.assert_allclose(s['eigval'], EIGVAL, rtol=0.03)
   # Eigenvectors agree up to sign.
   np.testing.assert_allclose(np.abs(np.sum(s['eigvec'] * EIGVEC, axis=0)), 1,
@@ -72,7 +73,7 @@ def test_training_subtracts_the_mean_image_of_the_stats_file(stats):
   data.update(dict(image_folder=str(root), resize_size=SIZE, image_size=28,
                    stats_file=path, mean_image=True, pca_sigma=0.0,
                    std_rgb=(1.0, 1.0, 1.0)))
-  assert input_pipeline.normalization(data).mean.shape == (SIZE, SIZE, 3)
+  assert statistics.normalization(data).mean.shape == (SIZE, SIZE, 3)
   batch = next(input_pipeline.train_iterator(data, batch_size=48, seed=0))
   assert batch['shift'].shape == (48, 28, 28, 3)
   # Centred per pixel: every position averages to about zero over the set.
@@ -80,12 +81,12 @@ def test_training_subtracts_the_mean_image_of_the_stats_file(stats):
   assert np.abs(centred.mean(axis=0)).max() < 0.5 * 255 * np.sqrt(EIGVAL[0])
   assert np.abs(centred.mean()) < 1
   data.mean_image = False
-  np.testing.assert_array_equal(input_pipeline.normalization(data).mean,
-                                input_pipeline.load_stats(path)['mean_rgb'])
+  np.testing.assert_array_equal(statistics.normalization(data).mean,
+                                statistics.load_stats(path)['mean_rgb'])
 
 
 def test_mean_image_without_stats_file_is_refused():
   data = demo_config.get_config().data
   data.mean_image = True
   with pytest.raises(ValueError, match='stats_file'):
-    input_pipeline.normalization(data)
+    statistics.normalization(data)

@@ -19,10 +19,8 @@ SIZE = 67  # the smallest input the paper's geometry takes
 
 
 def _config(root=None):
-  config = demo_config.get_config()
+  config = demo_config.get_config('size=tiny')
   config.model.num_classes = 3
-  config.model.features = (8, 16, 16, 16, 8)
-  config.model.fc_features = (16, 16)
   config.data.image_folder = root
   config.data.resize_size = config.data.image_size = SIZE
   config.batch_size = config.eval_batch_size = 64
@@ -31,7 +29,7 @@ def _config(root=None):
 
 def _trainer(config, devices):
   mesh = parallel.make_mesh(config.mesh, devices)
-  trainer = Trainer(config, mesh, steps_per_epoch=10)
+  trainer = Trainer(config, mesh)
   return trainer, trainer.init(0)
 
 

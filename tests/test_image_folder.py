@@ -11,11 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import image_folder
 import input_pipeline
-import prepare_data
 import train
 from configs import demo as demo_config
+from data import image_folder, prepare, preprocessing, sources
 
 
 def _write(path, array: np.ndarray, fmt: str = 'JPEG', mode: str | None = None):
@@ -45,7 +44,7 @@ def _folder(root, *, per_class=6, classes=('a', 'b', 'c'), split_dirs=True,
 
 
 def _config(root, **data):
-  config = demo_config.get_config()
+  config = demo_config.get_config('size=tiny')
   config.data.image_folder = str(root)
   config.data.resize_size = 40
   config.data.image_size = 32
@@ -108,10 +107,10 @@ def test_odd_files_decode_rgb(tmp_path):
   good = _odd_files(tmp_path)
   for name in ('a/cmyk.jpg', 'a/png_named.jpg', 'b/gray.jpg'):
     encoded = tf.io.read_file(f'{tmp_path}/train/{name}')
-    image = input_pipeline.decode_central_square(encoded, 40).numpy()
+    image = preprocessing.decode_central_square(encoded, 40).numpy()
     assert image.shape == (40, 40, 3)
     assert image.std() > 5
-  cmyk = input_pipeline.decode_central_square(
+  cmyk = preprocessing.decode_central_square(
       tf.io.read_file(f'{tmp_path}/train/a/cmyk.jpg'), 40).numpy()
   # CMYK -> RGB keeps the colours (up to JPEG's loss).
   assert np.abs(cmyk.mean((0, 1)) - good.mean((0, 1))).max() < 12
@@ -122,8 +121,6 @@ def test_odd_folder_trains_and_reports_one_skipped_file(tmp_path):
   _odd_files(root)
   config = _config(root, pca_sigma=0.1)
   config.model.num_classes = 2
-  config.model.features = (8, 16, 16, 16, 8)
-  config.model.fc_features = (16, 16)
   config.data.resize_size = config.data.image_size = 67
   config.batch_size = config.eval_batch_size = 8
   config.num_train_steps = 2   # one epoch of the 10 files, 9 decodable
@@ -174,7 +171,7 @@ def test_prepare_writes_the_papers_squares_and_training_reads_them(tmp_path):
   prepared = str(tmp_path / 'prepared')
   data = _config(root, prepared_dir=prepared, resize_size=32,
                  image_size=32).data
-  summary = prepare_data.prepare(data)
+  summary = prepare.prepare(data)
   assert 'validation: wrote 5 of 5' in summary
   files = glob.glob(f'{prepared}/validation/*/*.jpg')
   assert len(files) == 5
@@ -194,13 +191,13 @@ def test_prepare_writes_the_papers_squares_and_training_reads_them(tmp_path):
   for image in batch['image']:
     assert any(np.array_equal(image, s) for s in stored)
   with pytest.raises(FileExistsError):
-    prepare_data.prepare(data)
+    prepare.prepare(data)
   # Its crops are not resampled, so the copy must hold this resize_size.
   larger = _config(root, prepared_dir=prepared, resize_size=48,
                    image_size=32).data
   with pytest.raises(ValueError, match=r'32x32 images.*resize_size=32'):
     input_pipeline.train_iterator(larger, batch_size=4, seed=0)
-  info_file = os.path.join(prepared, input_pipeline.PREPARED_INFO)
+  info_file = os.path.join(prepared, sources.PREPARED_INFO)
   with open(info_file, 'w') as f:
     f.write('{"resize')  # cut short
   with pytest.raises(ValueError, match='prepare it again'):

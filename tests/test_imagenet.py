@@ -21,6 +21,7 @@ from PIL import Image
 import input_pipeline
 import train
 from configs import demo as demo_config
+from data import sources
 
 _LABELS_DIR = os.path.join(os.path.dirname(tfds.__file__), 'datasets',
                            'imagenet2012')
@@ -74,12 +75,12 @@ def imagenet(tmp_path_factory):
     for i in range(NUM_VAL):
       _add(tar, f'ILSVRC2012_val_{i + 1:08d}.JPEG', _image(rng))
 
-  config = demo_config.get_config()
+  config = demo_config.get_config('size=tiny')
   config.data.name = 'imagenet2012'
   config.data.data_dir = str(root / 'tfds')
   config.data.manual_dir = str(manual)
   config.data.resize_size = config.data.image_size = 67
-  input_pipeline.get_builder(config.data)  # prepares, once for the module
+  sources.get_builder(config.data)  # prepares, once for the module
   return config, val_synsets, train_synsets
 
 
@@ -106,8 +107,6 @@ def test_trains_and_evaluates(imagenet, tmp_path):
   config, _, _ = imagenet
   config = config.copy_and_resolve_references()
   config.model.num_classes = 1000
-  config.model.features = (8, 16, 16, 16, 8)
-  config.model.fc_features = (16, 16)
   config.batch_size = config.eval_batch_size = 8
   config.num_train_steps = 2
   config.log_every_steps = 1

@@ -13,11 +13,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-import benchmark_input
-import demo_dataset
 import input_pipeline
 import trainer
 from configs import alexnet
+from data import batching, demo_shapes, preprocessing, sources, statistics
+from tools import synthetic_photos
 
 MEAN = (120.0, 110.0, 100.0)
 STD = (60.0, 50.0, 40.0)
@@ -40,7 +40,7 @@ def _data_config(data_dir, **overrides) -> ml_collections.ConfigDict:
 
 def _decoded(data, split: str) -> tuple[np.ndarray, np.ndarray]:
   """All (images uint8, labels) of `split` in file order."""
-  builder = input_pipeline.get_builder(data)
+  builder = sources.get_builder(data)
   ds = builder.as_dataset(split=split, shuffle_files=False, batch_size=-1)
   ds = tfds.as_numpy(ds)
   return ds['image'], ds['label']
@@ -50,7 +50,7 @@ def _decoded(data, split: str) -> tuple[np.ndarray, np.ndarray]:
 def data_dir(tmp_path_factory):
   """A data_dir with the tiny demo prepared once for the module."""
   path = tmp_path_factory.mktemp('tfds')
-  input_pipeline.get_builder(_data_config(path))
+  sources.get_builder(_data_config(path))
   return path
 
 
@@ -63,10 +63,10 @@ def train_images(data_dir):
 
 
 def test_demo_builder_metadata(data_dir):
-  builder = input_pipeline.get_builder(_data_config(data_dir))
-  assert isinstance(builder, demo_dataset.DemoShapes)
+  builder = sources.get_builder(_data_config(data_dir))
+  assert isinstance(builder, demo_shapes.DemoShapes)
   assert builder.builder_config.name == 'tiny'
-  assert builder.info.features['label'].names == list(demo_dataset.CLASS_NAMES)
+  assert builder.info.features['label'].names == list(demo_shapes.CLASS_NAMES)
   assert builder.info.features['image'].shape == (80, 80, 3)
   info = input_pipeline.dataset_info(_data_config(data_dir))
   assert info == input_pipeline.DatasetInfo(
@@ -247,7 +247,7 @@ def no_downloads(monkeypatch):
 def test_missing_imagenet_names_where_to_put_archives(tmp_path, no_downloads):
   data = _data_config(tmp_path, name='imagenet2012')
   with pytest.raises(input_pipeline.DatasetNotFoundError) as e:
-    input_pipeline.get_builder(data)
+    sources.get_builder(data)
   message = str(e.value)
   assert 'imagenet2012' in message
   assert str(tmp_path) in message
@@ -266,7 +266,7 @@ def test_missing_imagenet_with_custom_manual_dir(tmp_path, no_downloads):
                       manual_dir=str(manual))
   with pytest.raises(input_pipeline.DatasetNotFoundError,
                      match='ILSVRC2012_img_val.tar') as e:
-    input_pipeline.get_builder(data)
+    sources.get_builder(data)
   assert str(manual / 'ILSVRC2012_img_train.tar') in str(e.value)
 
 
@@ -283,7 +283,7 @@ def test_imagenet_archives_present_prepares_from_manual_dir(tmp_path,
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', record)
   data = _data_config(tmp_path, name='imagenet2012', manual_dir=str(manual))
-  builder = input_pipeline.get_builder(data)
+  builder = sources.get_builder(data)
   assert builder.name == 'imagenet2012'
   assert len(calls) == 1
   name, config = calls[0]
@@ -296,7 +296,7 @@ def test_unknown_dataset(tmp_path, no_downloads):
   data = _data_config(tmp_path, name='no_such_dataset_xyz')
   with pytest.raises(input_pipeline.DatasetNotFoundError,
                      match='no_such_dataset_xyz'):
-    input_pipeline.get_builder(data)
+    sources.get_builder(data)
 
 
 # --- The number of classes. ---
@@ -365,7 +365,7 @@ EIGVEC = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0].astype(
 
 def test_lighting_offset_is_the_papers_formula():
   alpha = np.float32([0.3, -1.2, 0.7])
-  got = input_pipeline.lighting_offset(alpha, EIGVAL, EIGVEC)
+  got = preprocessing.lighting_offset(alpha, EIGVAL, EIGVEC)
   expected = 255 * sum(alpha[i] * EIGVAL[i] * EIGVEC[:, i] for i in range(3))
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
@@ -374,9 +374,9 @@ def test_lighting_covariance_in_the_eigenbasis_is_sigma2_l2():
   sigma, n = 0.1, 20_000
   data = ml_collections.ConfigDict(dict(resize_size=256, image_size=227,
                                         pca_sigma=sigma))
-  norm = input_pipeline.Normalization(mean=np.zeros(3, np.float32),
+  norm = statistics.Normalization(mean=np.zeros(3, np.float32),
                                       eigval=EIGVAL, eigvec=EIGVEC)
-  offsets = input_pipeline.augmentation(data, norm, 7, n)['lighting'] / 255
+  offsets = batching.augmentation(data, norm, 7, n)['lighting'] / 255
   in_basis = offsets @ EIGVEC  # coordinates a_i l_i
   covariance = np.cov(in_basis, rowvar=False)
   expected = np.diag((sigma * EIGVAL) ** 2)
@@ -418,14 +418,14 @@ def test_decode_crop_is_scale_then_crop(width, height, fmt):
   # pixel over, so the window falls where it should.
   rng = np.random.default_rng(width)
   buffer = io.BytesIO()
-  benchmark_input.photo(rng, width, height).save(buffer, fmt, quality=95)
+  synthetic_photos.photo(rng, width, height).save(buffer, fmt, quality=95)
   full = tf.io.decode_image(buffer.getvalue(), channels=3).numpy()
   square = min(width, height)
   top0, left0 = (height - square) // 2, (width - square) // 2
   view = tf.image.resize(full[top0:top0 + square, left0:left0 + square],
                          [256, 256], antialias=True).numpy()
   for top, left in ((0, 0), (29, 13), (29, 29)):
-    got = input_pipeline.decode_crop(
+    got = preprocessing.decode_crop(
         tf.constant(buffer.getvalue()), resize_size=256, top=tf.constant(top),
         left=tf.constant(left), size=227).numpy()
     assert got.dtype == np.uint8
@@ -453,21 +453,21 @@ def test_decoding_only_the_window_gives_a_full_decodes_pixels(subsampling,
   for top, left in ((0, 1), (17, 12), (29, 5)):
     where = dict(resize_size=256, top=tf.constant(top), left=tf.constant(left),
                  size=227)
-    _, (y, x), side, _ = input_pipeline._window(tf.shape(full)[:2], **where)
+    _, (y, x), side, _ = preprocessing._window(tf.shape(full)[:2], **where)
     y, x, side = int(y), int(x), int(side)
-    expected = input_pipeline.bilinear(full[y:y + side, x:x + side], 227)
-    np.testing.assert_array_equal(input_pipeline.decode_crop(encoded, **where),
+    expected = preprocessing.bilinear(full[y:y + side, x:x + side], 227)
+    np.testing.assert_array_equal(preprocessing.decode_crop(encoded, **where),
                                   expected)
 
 
 def test_fixed_point_bilinear_is_close_to_float_bilinear():
-  # README: 0.36 levels on average (rounding alone: 0.25), under 2.5, no bias.
+  # docs/performance.md: 0.36 levels on average (rounding alone: 0.25), under 2.5, no bias.
   rng = np.random.default_rng(3)
   errors = []
   for side in (227, 260, 333, 450):
-    image = np.asarray(benchmark_input.photo(rng, side, side))
+    image = np.asarray(synthetic_photos.photo(rng, side, side))
     exact = tf.image.resize(image, [227, 227]).numpy()  # float bilinear
-    errors.append(input_pipeline.bilinear(image, 227).numpy() - exact)
+    errors.append(preprocessing.bilinear(image, 227).numpy() - exact)
     if side == 227:
       np.testing.assert_array_equal(errors[-1], 0)  # an exact fit is kept
   errors = np.concatenate([e.ravel() for e in errors[1:]])
@@ -481,7 +481,7 @@ def test_fixed_point_bilinear_is_close_to_float_bilinear():
 
 def test_ten_crops_are_the_corners_centre_and_reflections():
   image = np.arange(6 * 6 * 1, dtype=np.float32).reshape(6, 6, 1)
-  crops = input_pipeline.ten_crops(tf.constant(image), 4).numpy()
+  crops = preprocessing.ten_crops(tf.constant(image), 4).numpy()
   windows = [image[:4, :4], image[:4, 2:], image[2:, :4], image[2:, 2:],
              image[1:5, 1:5]]
   expected = np.stack(windows + [w[:, ::-1] for w in windows])
@@ -498,6 +498,6 @@ def test_ten_crop_eval_batches(data_dir):
   assert mask.sum() == 100
   first = batches[0]['image'][3]
   np.testing.assert_array_equal(
-      first, input_pipeline.ten_crops(tf.constant(images[3]), 72))
+      first, preprocessing.ten_crops(tf.constant(images[3]), 72))
   assert batches[0]['shift'].shape == (64, 1, 1, 1, 3)
   np.testing.assert_array_equal(batches[0]['label'], labels[:64])

@@ -159,9 +159,7 @@ def test_bfloat16_compute_keeps_float32_params():
 @pytest.mark.parametrize('arg', ['norm=batchnorm', 'lrn=off', 'pool=2x2',
                                  'norm_position=after_pool', 'init=modern'])
 def test_ablations_run(arg):
-  config = alexnet_config.get_config(arg)
-  config.model.features = (8, 16, 16, 16, 8)
-  config.model.fc_features = (32, 32)
+  config = alexnet_config.get_config(f'{arg},size=tiny')
   config.model.num_classes = 7
   model = AlexNet(**config.model)
   x = jnp.ones((2, 99, 99, 3))

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,21 +10,19 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-import comm_report
 import parallel
 from trainer import Trainer, synthetic_batch
 from configs import alexnet as alexnet_config
-from configs import common
+from configs import parallelism
 from configs import demo as demo_config
+from tools import comm_report
 
-STRATEGIES = sorted(common.PARALLEL)
+STRATEGIES = sorted(parallelism.STRATEGIES)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _config(strategy, data=1, model=1):
-  config = demo_config.get_config(f'parallel={strategy}')
-  config.model.features = (16, 32, 32, 32, 16)
-  config.model.fc_features = (64, 64)
+  config = demo_config.get_config(f'parallel={strategy},size=tiny')
   config.data.image_size = 67
   config.batch_size = 16
   config.mesh.data, config.mesh.model = data, model
@@ -34,7 +31,7 @@ def _config(strategy, data=1, model=1):
 
 def _two_steps(config):
   devices = jax.devices()[:config.mesh.data * config.mesh.model]
-  trainer = Trainer(config, parallel.make_mesh(config.mesh, devices), 100)
+  trainer = Trainer(config, parallel.make_mesh(config.mesh, devices))
   state = trainer.init(config.seed)
   losses = []
   for step in range(2):
@@ -102,7 +99,7 @@ def test_comm_report_total_is_the_sum_of_its_rows(strategy):
 def test_data_parallel_all_reduces_exactly_the_gradients():
   config = _config('data', 8, 1)
   found = comm_report.compiled_collectives(config)
-  trainer = Trainer(config, parallel.make_mesh(config.mesh), 1)
+  trainer = Trainer(config, parallel.make_mesh(config.mesh))
   state = trainer.abstract_state()
   param_bytes = sum(p.size * p.dtype.itemsize for p in jax.tree.leaves(state.params))
   reduced = sum(c.bytes for c in found if c.kind == 'all-reduce')
@@ -147,26 +144,20 @@ def test_unknown_logical_axis_is_refused():
   config = _config('data')
   config.axis_rules = (('batch', 'data'), ('towr', 'model'))
   with pytest.raises(ValueError, match="names logical axis 'towr'"):
-    Trainer(config, parallel.make_mesh(config.mesh, jax.devices()[:1]), 1)
+    Trainer(config, parallel.make_mesh(config.mesh, jax.devices()[:1]))
 
 
 def test_more_model_shards_than_towers_is_refused():
   config = _config('two_tower', 2, 4)
   with pytest.raises(ValueError, match="2 towers do not split over the 4 devices"):
-    Trainer(config, parallel.make_mesh(config.mesh), 1)
+    Trainer(config, parallel.make_mesh(config.mesh))
 
 
 def test_model_axis_that_does_not_divide_a_layer_is_refused():
   config = _config('owt', 1, 8)
   config.model.fc_features = (60, 60)
   with pytest.raises(ValueError, match=r"params\['fc6'\]\['(bias|kernel)'\] has a dimension of 60"):
-    Trainer(config, parallel.make_mesh(config.mesh), 1)
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
+    Trainer(config, parallel.make_mesh(config.mesh))
 
 
 def _worker(*args):
@@ -182,8 +173,8 @@ def _losses(proc):
   return json.loads(next(l for l in out.splitlines() if l.startswith('LOSSES '))[7:])
 
 
-def test_two_processes_match_one_process():
-  address = f'localhost:{_free_port()}'
+def test_two_processes_match_one_process(free_port):
+  address = f'localhost:{free_port()}'
   workers = [_worker(address, 2, i, 4) for i in range(2)]
   two = [_losses(w) for w in workers]
   one = _losses(_worker('-', 1, 0, 8))

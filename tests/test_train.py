@@ -10,29 +10,13 @@ import pytest
 import lr_schedule
 import parallel
 from trainer import Trainer, paper_sgd, synthetic_batch
-from configs import demo as demo_config
-
-
-def _small_config(**mesh):
-  config = demo_config.get_config()
-  config.model.features = (16, 32, 32, 32, 16)
-  config.model.fc_features = (64, 64)
-  config.data.image_size = 67
-  config.batch_size = 16
-  config.eval_batch_size = 16
-  config.mesh.update(mesh)
-  return config
-
-
-def _batch(config, seed=0):
-  return synthetic_batch(config, config.batch_size, seed)
 
 
 def _losses(config, devices, steps=4):
   mesh = parallel.make_mesh(config.mesh, devices)
-  trainer = Trainer(config, mesh, steps_per_epoch=100)
+  trainer = Trainer(config, mesh)
   state = trainer.init(config.seed)
-  batch = _batch(config)
+  batch = synthetic_batch(config, config.batch_size)
   losses = []
   for _ in range(steps):
     state, metrics = trainer.train_step(state, batch)
@@ -40,8 +24,8 @@ def _losses(config, devices, steps=4):
   return np.array(losses), jax.device_get(state.params)
 
 
-def test_loss_falls_and_is_the_same_on_1_and_8_devices():
-  config = _small_config()
+def test_loss_falls_and_is_the_same_on_1_and_8_devices(small_config):
+  config = small_config()
   one, params_one = _losses(config, jax.devices()[:1])
   eight, params_eight = _losses(config, jax.devices()[:8])
   assert one[-1] < one[0] - 0.1, one
@@ -50,10 +34,10 @@ def test_loss_falls_and_is_the_same_on_1_and_8_devices():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_state_is_sharded_over_the_mesh():
-  config = _small_config()
+def test_state_is_sharded_over_the_mesh(small_config):
+  config = small_config()
   mesh = parallel.make_mesh(config.mesh, jax.devices()[:8])
-  trainer = Trainer(config, mesh, steps_per_epoch=10)
+  trainer = Trainer(config, mesh)
   state = trainer.init(0)
   kernel = state.params['conv2']['kernel']
   assert kernel.sharding.mesh.shape == {'data': 8, 'model': 1}
@@ -110,21 +94,21 @@ def test_step_schedule_divides_at_epoch_boundaries():
                              rtol=1e-5)
 
 
-def test_batch_without_shift_is_refused_by_name():
-  config = _small_config()
-  trainer = Trainer(config, parallel.make_mesh(config.mesh, jax.devices()[:1]), 10)
-  batch = _batch(config)
+def test_batch_without_shift_is_refused_by_name(small_config):
+  config = small_config()
+  trainer = Trainer(config, parallel.make_mesh(config.mesh, jax.devices()[:1]))
+  batch = synthetic_batch(config, config.batch_size)
   del batch['shift']
   with pytest.raises(ValueError, match=r"lacks \['shift'\]"):
     trainer.train_step(trainer.init(0), batch)
 
 
-def test_batch_not_divisible_by_devices_is_refused():
-  config = _small_config()
+def test_batch_not_divisible_by_devices_is_refused(small_config):
+  config = small_config()
   config.batch_size = 12
   mesh = parallel.make_mesh(config.mesh, jax.devices()[:8])
   with pytest.raises(ValueError, match=r'batch_size=12 is not divisible by the 8 devices'):
-    Trainer(config, mesh, steps_per_epoch=10)
+    Trainer(config, mesh)
 
 
 @pytest.mark.parametrize('data, model, match', [

@@ -16,7 +16,7 @@ order in which TFDS consumes the examples.
 
 Usage (importing this module registers the builder with TFDS):
 
-  import demo_dataset  # noqa: F401
+  from data import demo_shapes  # noqa: F401
   builder = tfds.builder('demo_shapes', data_dir=...)       # 8000 / 1000
   builder = tfds.builder('demo_shapes/tiny', data_dir=...)  # 320 / 100
   builder.download_and_prepare()
@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+NAME = 'demo_shapes'  # TFDS's name for DemoShapes
 IMAGE_SIZE = 80
 
 CLASS_NAMES = (
@@ -196,7 +197,7 @@ def render(label: int, rng: np.random.Generator) -> np.ndarray:
   fg, bg = _contrasting_colours(rng)
   image = np.where(mask[..., None], fg.astype(np.float32),
                    bg.astype(np.float32))
-  # Uniform rather than Gaussian noise: as good here, and 4x faster to draw.
+  # Uniform rather than Gaussian noise: as good here, and cheaper to draw.
   noise = rng.random(image.shape, dtype=np.float32) - np.float32(0.5)
   image += np.float32(rng.uniform(10, 40)) * noise
   return np.clip(np.round(image), 0, 255).astype(np.uint8)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+import input_pipeline
 from models import AlexNet
 
 
@@ -82,7 +83,8 @@ def format_table(rows: list[LayerRow], image_size: int) -> str:
   return '\n'.join(lines)
 
 
-def summarize(config: ml_collections.ConfigDict) -> str:
+def report(config: ml_collections.ConfigDict) -> str:
   """The layer table of `config`'s model, ending with 'Total params: N'."""
+  config = input_pipeline.with_dataset_classes(config)
   rows = layer_rows(AlexNet(**config.model), config.data.image_size)
   return format_table(rows, config.data.image_size)

@@ -1,7 +1,7 @@
 """Ablations in one command: train a config and its variants, get a table and a plot.
 
-  python ablate.py --config=configs/demo.py --variant=lrn=off --variant=pool=2x2 \\
-      --workdir=runs/ablation
+  python -m tools.ablate --config=configs/demo.py --variant=lrn=off \\
+      --variant=pool=2x2 --workdir=runs/ablation
 
 trains the baseline (the config as given) and each variant in its own
 sub-workdir with main.py, one after another, then writes ablation.md (top-1 and
@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags, logging
 
-import metric_log
+import run_files
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('config', None, 'Config file, optionally FILE:variants (the baseline).')
@@ -29,8 +29,7 @@ flags.DEFINE_multi_string('variant', [], 'A variant to compare, e.g. lrn=off or 
 flags.DEFINE_string('workdir', None, 'Directory holding one sub-workdir per run.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-REPO = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, REPO)  # config files import configs.common
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_name(variant: str) -> str:
@@ -97,7 +96,7 @@ def plot(curves: dict[str, list[tuple[float, float]]], path: str) -> None:
 
 def validation_curve(workdir: str, steps_per_epoch: float) -> list[tuple[float, float]]:
   return [(r['step'] / steps_per_epoch, r['val_top1_error'])
-          for r in metric_log.read(workdir) if 'val_top1_error' in r]
+          for r in run_files.read_metrics(workdir) if 'val_top1_error' in r]
 
 
 def main(argv: list[str]) -> None:

@@ -19,10 +19,8 @@ import shutil
 import ml_collections
 import tensorflow as tf
 
-import input_pipeline
+from data import preprocessing, sources
 
-# The folders data.train_split and data.eval_split go to; input_pipeline reads them back.
-PREPARED_SPLITS = ('train', 'validation')
 _QUALITY = 95  # high, so that the copy adds little to the paper's own JPEGs
 
 
@@ -36,19 +34,19 @@ def prepare(data: ml_collections.ConfigDict) -> str:
                           'prepare again, or train from it as it is.')
   source_config = data.copy_and_resolve_references()
   source_config.prepared_dir = None  # read the original
-  source = input_pipeline.get_source(source_config)
+  source = sources.get_source(source_config)
   tmp = data.prepared_dir + '.incomplete'
   shutil.rmtree(tmp, ignore_errors=True)
 
   lines = []
-  for name, split in zip(PREPARED_SPLITS, (data.train_split, data.eval_split)):
+  for name, split in zip(sources.PREPARED_SPLITS, (data.train_split, data.eval_split)):
     root = os.path.join(tmp, name)
     # Every class gets a folder, so labels survive even when one is empty.
     for label in range(source.num_classes):
       os.makedirs(os.path.join(root, f'{label:05d}'))
 
     def write(index, example, root=root):
-      image = input_pipeline.decode_central_square(
+      image = preprocessing.decode_central_square(
           source.load(example['image']), data.resize_size)
       jpeg = tf.io.encode_jpeg(image, quality=_QUALITY)
       path = tf.strings.join([
@@ -60,13 +58,12 @@ def prepare(data: ml_collections.ConfigDict) -> str:
 
     ds = source.read(split, None).enumerate().map(
         write, num_parallel_calls=tf.data.AUTOTUNE)
-    if data.skip_corrupt:
-      ds = ds.ignore_errors()
-    written = int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+    ds = preprocessing.skip_undecodable(ds, data)
+    written = sum(1 for _ in preprocessing.explain_errors(ds.as_numpy_iterator()))
     total = source.num_examples(split)
     lines.append(f'{split}: wrote {written} of {total} images '
                  f'({total - written} undecodable, skipped) to {name}/')
-  with open(os.path.join(tmp, input_pipeline.PREPARED_INFO), 'w') as f:
+  with open(os.path.join(tmp, sources.PREPARED_INFO), 'w') as f:
     json.dump({'resize_size': data.resize_size}, f)
   os.replace(tmp, data.prepared_dir)
   return '\n'.join([f'Prepared {data.prepared_dir}:'] + lines)

@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
+import input_pipeline
 import parallel
 from trainer import Trainer
 
@@ -136,7 +137,7 @@ def collectives(hlo_text: str, mesh_shape: dict[str, int]) -> list[Collective]:
 
 def compiled_collectives(config: ml_collections.ConfigDict) -> list[Collective]:
   mesh = parallel.make_mesh(config.mesh)
-  trainer = Trainer(config, mesh, steps_per_epoch=1)
+  trainer = Trainer(config, mesh)
   return collectives(trainer.lower_train_step().compile().as_text(),
                      dict(mesh.shape))
 
@@ -160,4 +161,5 @@ def format_report(found: list[Collective], config: ml_collections.ConfigDict) ->
 
 
 def report(config: ml_collections.ConfigDict) -> str:
+  config = input_pipeline.with_dataset_classes(config)
   return format_report(compiled_collectives(config), config)

@@ -1,20 +1,48 @@
-"""metrics.jsonl: the run's scalar metrics, one JSON object per line.
+"""The files a run keeps in its workdir, and writes readers never see half-done.
 
-TensorBoard event files cannot be edited, so a resumed run would show the
-steps between its last checkpoint and the crash twice. This log is cut back to
-the restored step on resume, so a run that was killed and resumed leaves the
-same log as one that was not. Only process 0 writes it.
+  metrics.jsonl  every logged scalar, one JSON object per line. TensorBoard
+                 event files cannot be edited, so a resumed run would show
+                 the steps between its last checkpoint and the crash twice;
+                 this log is cut back to the restored step on resume, so a
+                 run killed and resumed leaves the same log as one that was
+                 not.
+  results.json   the latest validation results.
+  checkpoints/   orbax's (checkpointing.py).
+
+Only process 0 writes the first two.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Iterator
+from typing import IO, Any, Mapping
 
 from clu.metric_writers import interface
 
-FILENAME = 'metrics.jsonl'
+METRICS = 'metrics.jsonl'
+RESULTS = 'results.json'
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = 'w') -> Iterator[IO]:
+  """Opens a temporary file that replaces `path` once the block succeeds,
+  so that readers see the old file or the new one, never a partial one."""
+  tmp = f'{path}.tmp'
+  try:
+    with open(tmp, mode) as f:
+      yield f
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_results(workdir: str, results: Mapping[str, Any]) -> None:
+  with atomic_write(os.path.join(workdir, RESULTS)) as f:
+    json.dump(results, f, indent=2)
 
 
 class JsonlWriter(interface.MetricWriter):
@@ -24,7 +52,7 @@ class JsonlWriter(interface.MetricWriter):
   """
 
   def __init__(self, workdir: str, *, resume_step: int):
-    self.path = os.path.join(workdir, FILENAME)
+    self.path = os.path.join(workdir, METRICS)
     _truncate_after(self.path, resume_step)
     self._file = open(self.path, 'a')
 
@@ -49,9 +77,9 @@ class JsonlWriter(interface.MetricWriter):
     self._file.close()
 
 
-def read(workdir: str) -> list[dict[str, float]]:
-  """The log's records, in order."""
-  with open(os.path.join(workdir, FILENAME)) as f:
+def read_metrics(workdir: str) -> list[dict[str, float]]:
+  """The metric log's records, in order."""
+  with open(os.path.join(workdir, METRICS)) as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
@@ -69,7 +97,5 @@ def _truncate_after(path: str, step: int) -> None:
       if record['step'] > step:
         break
       kept.append(line if line.endswith('\n') else line + '\n')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
+  with atomic_write(path) as f:
     f.writelines(kept)
-  os.replace(tmp, path)

@@ -17,14 +17,12 @@ They alternate over a few rounds and each reports its best round, so a
 busy shared machine skews them alike. The last line reads
 `input img/s: N  vs PIL: Rx  vs decode-only: Dx`.
 
-Without ImageNet, `python benchmark_input.py DIR` writes an image folder of
-ImageNet-like photographs (500x375 JPEGs of smooth shading, edges and
-texture) to benchmark on.
+Without ImageNet, `python -m tools.synthetic_photos DIR` writes an image
+folder of ImageNet-like photographs to benchmark on.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import itertools
 import math
@@ -33,13 +31,14 @@ import os
 import time
 from collections.abc import Callable
 
-import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
 import input_pipeline
+import parallel
+from data import preprocessing, sources
 
 _IMAGES_PER_ROUND = 512
 _ROUNDS = 5
@@ -100,13 +99,12 @@ def _pil_timer(images: list[bytes], data: ml_collections.ConfigDict,
 
 def _decode_timer(images: list[bytes], workers: int,
                   decode: Callable[[tf.Tensor], tf.Tensor]) -> Callable[[], float]:
-  # Consumed as the pipeline is, in NumPy batches (one element at a time
-  # through Dataset.reduce cost decoding alone about 15%), keeping one pixel
-  # of each image so that nothing is pruned.
+  # Consumed as the pipeline is, in NumPy batches, keeping one pixel of each
+  # image so that nothing is pruned.
   ds = tf.data.Dataset.from_tensor_slices(images).map(
       lambda x: decode(x)[:1, :1], num_parallel_calls=workers)
   options = tf.data.Options()
-  options.autotune.enabled = False  # as in the pipeline (its _deterministic)
+  options.autotune.enabled = False  # as in the pipeline (sources.deterministic)
   ds = ds.with_options(options).batch(128)
 
   def run() -> float:
@@ -145,7 +143,7 @@ def _pipeline_timer(data: ml_collections.ConfigDict, batch_size: int,
 
 def _encoded_training_images(data: ml_collections.ConfigDict,
                              count: int) -> list[bytes]:
-  source = input_pipeline.get_source(data)
+  source = sources.get_source(data)
   ds = source.read(data.train_split, None).take(count)
   images = list(ds.map(lambda ex: source.load(ex['image'])).as_numpy_iterator())
   if len(images) < count:
@@ -158,13 +156,13 @@ def report(config: ml_collections.ConfigDict) -> str:
   """Runs the loaders in alternation; returns the report."""
   data = config.data
   workers = len(os.sched_getaffinity(0))  # the CPUs this process may use
-  batch_size = config.batch_size // jax.process_count()
+  batch_size = parallel.process_batch_size(config.batch_size)
   images = _encoded_training_images(data, _IMAGES_PER_ROUND)
   timers = {
       'input': _pipeline_timer(data, batch_size, config.seed),
       'decode-only': _decode_timer(images, workers, lambda x: tf.io.decode_image(
           x, channels=3, expand_animations=False)),
-      'decode+crop': _decode_timer(images, workers, lambda x: input_pipeline.decode_crop(
+      'decode+crop': _decode_timer(images, workers, lambda x: preprocessing.decode_crop(
           x, resize_size=data.resize_size, top=0, left=0, size=data.image_size)),
   }
   timers['PIL'], stop_pil = _pil_timer(images, data, batch_size, workers)
@@ -177,8 +175,7 @@ def report(config: ml_collections.ConfigDict) -> str:
     stop_pil()
   best = {k: max(v) for k, v in rates.items()}
   sizes = {Image.open(io.BytesIO(b)).size for b in images[:64]}
-  name = data.prepared_dir or data.image_folder or data.name
-  lines = [f'Input pipeline on {name} ({len(images)} images a round, e.g. '
+  lines = [f'Input pipeline on {sources.source_name(data)} ({len(images)} images a round, e.g. '
            f'{sorted(sizes)[0][0]}x{sorted(sizes)[0][1]}), {workers} workers, '
            f'batch {batch_size}, {data.image_size}x{data.image_size} crops, '
            f'best of {_ROUNDS} rounds:']
@@ -188,49 +185,3 @@ def report(config: ml_collections.ConfigDict) -> str:
                f'vs PIL: {best["input"] / best["PIL"]:.2f}x  '
                f'vs decode-only: {best["input"] / best["decode-only"]:.2f}x')
   return '\n'.join(lines)
-
-
-# ---------------------------------------------------------------------------
-# Synthetic ImageNet-like photographs.
-
-
-def photo(rng: np.random.Generator, width: int = 500,
-          height: int = 375) -> Image.Image:
-  """A photograph-like image: shading, objects with edges, fine texture.
-
-  JPEG's cost depends on content; flat or pure-noise images decode faster or
-  slower than photographs, so this mixes what photographs have.
-  """
-  coarse = rng.uniform(0, 255, (4, 5, 3)).astype(np.uint8)
-  image = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
-  draw = ImageDraw.Draw(image)
-  for _ in range(rng.integers(4, 12)):
-    x0, y0 = rng.uniform(-50, width), rng.uniform(-50, height)
-    x1, y1 = x0 + rng.uniform(20, 250), y0 + rng.uniform(20, 200)
-    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-    shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-    shape((x0, y0, x1, y1), fill=colour)
-  image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
-  texture = rng.normal(0, rng.uniform(4, 12), (height, width, 1))
-  pixels = np.asarray(image, np.float32) + texture
-  return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-
-
-def make_folder(root: str, num_images: int, *, num_classes: int = 4,
-                seed: int = 0) -> None:
-  """Writes num_images photographs to root/train and a tenth as many to
-  root/validation, in `num_classes` class folders."""
-  rng = np.random.default_rng(seed)
-  for split, count in (('train', num_images), ('validation', num_images // 10)):
-    for i in range(count):
-      directory = os.path.join(root, split, f'class{i % num_classes}')
-      os.makedirs(directory, exist_ok=True)
-      photo(rng).save(os.path.join(directory, f'{i:06d}.jpg'), quality=90)
-
-
-if __name__ == '__main__':
-  parser = argparse.ArgumentParser(description=make_folder.__doc__)
-  parser.add_argument('root')
-  parser.add_argument('--num_images', type=int, default=2048)
-  args = parser.parse_args()
-  make_folder(args.root, args.num_images)

@@ -11,14 +11,15 @@ import time
 import jax
 import ml_collections
 
+import input_pipeline
 import parallel
 from trainer import Trainer, synthetic_batch
 
 
 def _step_timer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-  trainer = Trainer(config, mesh, steps_per_epoch=1000)
+  trainer = Trainer(config, mesh)
   state = trainer.init(config.seed)
-  batch = synthetic_batch(config, config.batch_size // jax.process_count())
+  batch = synthetic_batch(config, parallel.process_batch_size(config.batch_size))
   state, _ = trainer.train_step(state, batch)  # compile
   jax.block_until_ready(state)
 
@@ -52,6 +53,7 @@ def single_tower(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 
 def report(config: ml_collections.ConfigDict) -> str:
+  config = input_pipeline.with_dataset_classes(config)
   result = benchmark(config, single_tower(config))
   mine, ref = result['config_images_per_sec'], result['reference_images_per_sec']
   return (f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, '

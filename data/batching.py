@@ -1,0 +1,253 @@
+"""Batches the trainer consumes: seeded, resumable training and exact evaluation.
+
+Batches carry the crops as uint8 pixels and, per image, the colour `shift`
+to add to them (minus the mean, plus the lighting offset) and, in training,
+whether to `flip` (reflect) it; the compiled step finishes with
+(image + shift) / std, reflected where flip is set (trainer.standardize),
+in one fused pass instead of a pass over the pixels on the host.
+
+Each process reads a disjoint shard; `batch_size` here is the per-process
+batch. The training stream is a pure function of (seed, process, epoch):
+epoch e is the shard shuffled with a seed derived from them, and each
+example's crop, flip and lighting are drawn from that seed by its position
+in the epoch. So a run resumed at step k computes where step k lies and
+skips to it without decoding what it skips.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import math
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+from data import preprocessing, sources, statistics
+
+Batch = dict[str, np.ndarray]
+
+
+def _check_sizes(data: ml_collections.ConfigDict) -> None:
+  if data.image_size > data.resize_size:
+    raise ValueError(
+        f'data.image_size={data.image_size} must not exceed '
+        f'data.resize_size={data.resize_size}: crops are taken from the '
+        'resized image.')
+
+
+def batches_per_epoch(source: sources.Source, split: str, batch_size: int) -> int:
+  """Batches each process draws from `split` per epoch, the same on every
+  process: the smallest shard decides, and the epoch's last partial batch is
+  dropped (a different remainder every epoch). `batch_size` is per process."""
+  return source.num_examples(split) // jax.process_count() // batch_size
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+  """The seed of one process's epoch: shuffle order and augmentation."""
+  return int(np.random.SeedSequence(
+      [seed, jax.process_index(), epoch]).generate_state(1)[0])
+
+
+def augmentation(data: ml_collections.ConfigDict,
+                 norm: statistics.Normalization, seed: int,
+                 count: int) -> dict[str, np.ndarray]:
+  """Draws `count` examples' crop corners, flips and lighting offsets, for
+  a whole epoch at once, in NumPy: a dozen small random ops per example in
+  tf.data cost far more."""
+  rng = np.random.default_rng(seed)
+  top, left = rng.integers(0, data.resize_size - data.image_size + 1,
+                           (2, count), dtype=np.int32)
+  flip = rng.random(count) < 0.5
+  alpha = rng.normal(0.0, data.pca_sigma, (count, 3))
+  lighting = preprocessing.lighting_offset(alpha, norm.eigval, norm.eigvec)
+  return {'top': top, 'left': left, 'flip': flip,
+          'lighting': np.float32(lighting)}
+
+
+class TrainIterator(Iterator[Batch]):
+  """Endless augmented training batches of this process's shard.
+
+  Yields {'image': uint8 (batch_size, S, S, 3), 'shift': float32
+  (batch_size, 1, 1, 3), or (batch_size, S, S, 3) with a mean image,
+  'flip': bool (batch_size,), 'label': int32 (batch_size,)} with S =
+  data.image_size (see the module docstring for `shift` and `flip`), from
+  step `start_step` on: the stream equals an uninterrupted run's from that
+  step, as long as no image before it in its epoch failed to decode.
+  `skipped` counts the images that failed to decode so far (with
+  data.skip_corrupt).
+
+  Each epoch is a new tf.data pipeline, which takes about a second to trace
+  and fill; `lookahead` batches before an epoch ends, a thread starts the
+  next one (0: when it is needed), so for those batches a TFDS source holds
+  two shuffle buffers. Each epoch's augmentation is drawn up front: about 21
+  bytes an example (27 MB for ImageNet on one process).
+  """
+
+  def __init__(self, data: ml_collections.ConfigDict, *, batch_size: int,
+               seed: int, start_step: int = 0, lookahead: int = 16):
+    _check_sizes(data)
+    self._data = data
+    self._batch_size = batch_size
+    self._lookahead = lookahead
+    self._seed = seed
+    self._source = sources.get_source(data)
+    self._norm = statistics.normalization(data)
+    self.batches_per_epoch = batches_per_epoch(self._source, data.train_split,
+                                               batch_size)
+    if self.batches_per_epoch < 1:
+      raise ValueError(
+          f'Each process has fewer than batch_size={batch_size} training '
+          'examples; lower the batch size.')
+    self.skipped = 0
+    self._batches = preprocessing.explain_errors(self._stream(start_step))
+
+  def __next__(self) -> Batch:
+    return next(self._batches)
+
+  def close(self) -> None:
+    """Stops this epoch's pipeline, and the next one's if it has started."""
+    self._batches.close()
+
+  def _stream(self, start_step: int) -> Iterator[Batch]:
+    epoch, step_in_epoch = divmod(start_step, self.batches_per_epoch)
+    with concurrent.futures.ThreadPoolExecutor(1) as starter:
+      upcoming = starter.submit(self._started, epoch,
+                                step_in_epoch * self._batch_size)
+      while True:
+        batches, upcoming = upcoming.result(), None
+        expected = step_in_epoch * self._batch_size
+        start_next_at = max(
+            self.batches_per_epoch - step_in_epoch - self._lookahead, 0)
+        for i, batch in enumerate(batches):
+          if i == start_next_at:
+            upcoming = starter.submit(self._started, epoch + 1, 0)
+          index = batch.pop('index')
+          # Examples missing before this batch's last one failed to decode.
+          skipped = int(index[-1]) + 1 - expected - len(index)
+          if skipped:
+            self.skipped += skipped
+            logging.warning('Skipped %d undecodable training image(s); %d so far.',
+                            skipped, self.skipped)
+          expected = int(index[-1]) + 1
+          yield batch
+        if upcoming is None:  # no lookahead, or images were skipped
+          upcoming = starter.submit(self._started, epoch + 1, 0)
+        epoch, step_in_epoch = epoch + 1, 0
+
+  def _started(self, epoch: int, first: int) -> Iterator[Batch]:
+    """Epoch `epoch`'s batches from example `first`, the first one ready."""
+    batches = iter(tfds.as_numpy(self._epoch(epoch, first)))
+    try:
+      return itertools.chain([next(batches)], batches)
+    except StopIteration:
+      return iter(())
+
+  def _epoch(self, epoch: int, first: int) -> tf.data.Dataset:
+    """Epoch `epoch` from its example `first` on, as batches."""
+    data, norm, source = self._data, self._norm, self._source
+    epoch_seed = _epoch_seed(self._seed, epoch)
+    # Skipping happens on encoded records, before any decoding.
+    examples = source.read(data.train_split, epoch_seed).skip(first)
+    # Enough draws for the largest shard; zip stops at this shard's end.
+    count = math.ceil(source.num_examples(data.train_split) /
+                      jax.process_count())
+    draws = {k: v[first:] for k, v in
+             augmentation(data, norm, epoch_seed, count).items()}
+    ds = tf.data.Dataset.zip(
+        examples.enumerate(start=first),
+        tf.data.Dataset.from_tensor_slices(draws))
+    size = data.image_size
+    # Negated (and shaped) once here, not per example.
+    minus_mean = -(norm.mean if norm.mean.ndim == 3 else norm.mean[None, None])
+
+    def preprocess(indexed, draw):
+      index, example = indexed
+      # The random crop of the resize_size square; only its window is decoded.
+      image = preprocessing.decode_crop(
+          source.load(example['image']), resize_size=data.resize_size,
+          top=draw['top'], left=draw['left'], size=size,
+          resample=not source.views)
+      shift = minus_mean
+      if norm.mean.ndim == 3:  # the mean image's window under the crop
+        shift = tf.slice(minus_mean, [draw['top'], draw['left'], 0],
+                         [size, size, 3])
+      # Reflecting is left to the compiled step, where it fuses with
+      # normalisation (trainer.standardize).
+      return {'image': image, 'shift': shift + draw['lighting'],
+              'flip': draw['flip'], 'label': tf.cast(example['label'], tf.int32),
+              'index': index}
+
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = preprocessing.skip_undecodable(ds, data)
+    ds = ds.batch(self._batch_size, drop_remainder=True)
+    ds = ds.take(self.batches_per_epoch - first // self._batch_size)
+    return ds.prefetch(data.prefetch)
+
+
+def _eval_batches_per_process(num_examples: int, batch_size: int) -> int:
+  # Shards differ in size by at most one example; padding every process to
+  # the largest shard keeps them in step for collective evaluation steps.
+  largest = math.ceil(num_examples / jax.process_count())
+  return math.ceil(largest / batch_size)
+
+
+def _eval_shift(norm: statistics.Normalization, size: int,
+                ten_crop: bool) -> tf.Tensor:
+  """Minus the mean under the evaluation crops, the same for every image."""
+  shift = -tf.constant(norm.mean)
+  if norm.mean.ndim == 1:
+    return tf.reshape(shift, [1, 1, 1, 3] if ten_crop else [1, 1, 3])
+  if ten_crop:
+    return preprocessing.ten_crops(shift, size)
+  return preprocessing.centre_crop(shift, size)
+
+
+def eval_batches(data: ml_collections.ConfigDict, *, batch_size: int,
+                 ten_crop: bool = False) -> Iterator[Batch]:
+  """One pass over this process's shard of the evaluation split.
+
+  Yields {'image': uint8 (batch_size, S, S, 3), or (batch_size, 10, S, S, 3)
+  with `ten_crop`, 'shift': float32, minus the mean, broadcastable to the
+  images, 'label': int32 (batch_size,), 'mask': float32 (batch_size,)};
+  every example appears exactly once with mask 1, and padding (mask 0)
+  fills the last batches. All processes yield the same number of batches.
+  An image that fails to decode (with data.skip_corrupt) is left out, which
+  the mask's sum shows.
+  """
+  _check_sizes(data)
+  source = sources.get_source(data)
+  size = data.image_size
+  shift = _eval_shift(statistics.normalization(data), size, ten_crop)
+
+  def preprocess(example):
+    # The whole square, then the crops: exactly the paper's view, where a
+    # window decoded alone can fall up to half a source pixel off.
+    image = preprocessing.decode_central_square(
+        source.load(example['image']), data.resize_size,
+        resample=not source.views)
+    image = (preprocessing.ten_crops(image, size) if ten_crop
+             else preprocessing.centre_crop(image, size))
+    return {'image': image, 'shift': shift,
+            'label': tf.cast(example['label'], tf.int32),
+            'mask': tf.constant(1.0, tf.float32)}
+
+  ds = source.read(data.eval_split, None)
+  ds = preprocessing.skip_undecodable(
+      ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE), data)
+  shape = [10, size, size, 3] if ten_crop else [size, size, 3]
+  padding = tf.data.Dataset.from_tensors({
+      'image': tf.zeros(shape, tf.uint8),
+      'shift': tf.zeros_like(shift),
+      'label': tf.constant(0, tf.int32),
+      'mask': tf.constant(0.0, tf.float32)}).repeat()
+  num_batches = _eval_batches_per_process(
+      source.num_examples(data.eval_split), batch_size)
+  ds = ds.concatenate(padding).take(num_batches * batch_size)
+  ds = ds.batch(batch_size, drop_remainder=True).prefetch(data.prefetch)
+  return preprocessing.explain_errors(iter(tfds.as_numpy(ds)))

@@ -1,0 +1,180 @@
+"""The paper's view of an image, and windows of it, as uint8 pixels.
+
+The paper stored each image with its shorter side scaled to 256 and the
+central square kept (section 2); training crops a random window of that
+square and evaluation its centre or its ten patches (section 4.1). Here a
+window is decoded straight from the encoded image: only the region under
+it, shrunk by libjpeg where it can, then resampled. Per-image TensorFlow
+ops; the lighting offsets are drawn in NumPy (data/batching.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TypeVar
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+T = TypeVar('T')
+
+_JPEG_RATIOS = (1, 2, 4, 8)  # the downscalings libjpeg does while decoding
+
+
+def _window(shape: tf.Tensor, *, resize_size: int, top: tf.Tensor,
+            left: tf.Tensor, size: int) -> tuple[tf.Tensor, ...]:
+  """Where the paper's (size, size) window at (top, left) lies in the image.
+
+  `shape` is the image's (height, width). Returns the index in _JPEG_RATIOS
+  of the largest shrink that keeps the window at least `size`, and, in the
+  image shrunk by it, the window's corner and side and the image's (height,
+  width), rounded up as libjpeg does: float32, whole numbers. Few ops, as
+  each op costs tf.data about a microsecond an example.
+  """
+  shape = tf.cast(shape, tf.float32)
+  square = tf.reduce_min(shape)
+  scale = square / resize_size  # image pixels per pixel of the paper's view
+  ratio_index = tf.reduce_sum(
+      tf.cast(scale >= tf.constant(_JPEG_RATIOS[1:], tf.float32), tf.int32))
+  ratio = tf.gather(tf.constant(_JPEG_RATIOS, tf.float32), ratio_index)
+  # Rounded, not truncated: the window falls within half a decoded pixel.
+  corner = tf.round((tf.floor((shape - square) / 2) + scale * tf.cast(
+      tf.stack([top, left]), tf.float32)) / ratio)
+  shrunk = tf.math.ceil(shape / ratio)
+  side = tf.maximum(tf.minimum(tf.round(size * scale / ratio),
+                               tf.reduce_min(shrunk - corner)), 1)
+  return ratio_index, corner, side, shrunk
+
+
+Region = tuple[tf.Tensor, tf.Tensor, tf.Tensor]  # pixels, window corner, side
+
+
+def _jpeg_region(encoded: tf.Tensor, **where) -> Region:
+  """Decodes a JPEG around the window only, shrunk by libjpeg where it can."""
+  ratio_index, corner, side, shrunk = _window(
+      tf.io.extract_jpeg_shape(encoded)[:2], **where)
+  # libjpeg-turbo blends each pixel's chroma with its neighbour's; at a
+  # cropped edge it has no neighbour. One pixel more on each side brings
+  # them in, so the window's pixels are those of a full decode. Its left
+  # edge goes down to a multiple of 16, the widest block: libjpeg decodes
+  # whole blocks anyway, and TensorFlow then need not shift every row.
+  low = tf.floor(tf.maximum(corner - 1, 0) / [1, 16]) * [1, 16]
+  high = tf.minimum(corner + side + 1, shrunk)
+  region = tf.cast(tf.concat([low, high - low], 0), tf.int32)
+  pixels = tf.switch_case(ratio_index, [
+      lambda r=r: tf.io.decode_and_crop_jpeg(encoded, region, channels=3,
+                                             ratio=r)
+      for r in _JPEG_RATIOS])
+  return pixels, tf.cast(corner - low, tf.int32), tf.cast(side, tf.int32)
+
+
+def _other_region(encoded: tf.Tensor, *, resize_size: int, top: tf.Tensor,
+                  left: tf.Tensor, size: int) -> Region:
+  """A PNG, GIF or BMP (rare: ImageNet has one): the paper's view itself,
+  scaled whole with antialiasing (its shorter side may be many times
+  resize_size), its window exactly `size`."""
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scaled = tf.maximum(tf.cast(tf.round(
+      shape * resize_size / tf.reduce_min(shape)), tf.int32), resize_size)
+  view = tf.cast(tf.round(tf.image.resize(image, scaled, antialias=True)),
+                 tf.uint8)
+  corner = (scaled - resize_size) // 2 + tf.stack([top, left])
+  return view, corner, tf.constant(size)
+
+
+def bilinear(image: tf.Tensor, size: int) -> tf.Tensor:
+  """(H, W, 3) uint8 -> (size, size, 3) uint8, bilinear (half-pixel centres).
+
+  In 8-bit fixed point (QuantizedResizeBilinear, weights in 1/128ths), one
+  op instead of a float resize, a rounding and a cast; within 2.5 levels of
+  float bilinear, without bias (tests/test_input_pipeline.py).
+  """
+  resized = tf.raw_ops.QuantizedResizeBilinear(
+      images=tf.bitcast(image, tf.quint8)[tf.newaxis], size=[size, size],
+      min=0.0, max=255.0, half_pixel_centers=True)[0]
+  return tf.bitcast(resized, tf.uint8)[0]
+
+
+def decode_crop(encoded: tf.Tensor, *, resize_size: int, top: tf.Tensor,
+                left: tf.Tensor, size: int, resample: bool = True) -> tf.Tensor:
+  """A window of the image as the paper stored it, as uint8 pixels.
+
+  The paper's view of an image is its central square scaled to
+  (resize_size, resize_size); this returns that view's (size, size) window
+  at (top, left). It maps the window back onto the encoded image and decodes
+  only that, letting libjpeg shrink by 2, 4 or 8 while decoding where the
+  window is that much larger than `size`; bilinear resampling does the rest.
+  Up to half a decoded pixel in where the window falls, this is scaling
+  then cropping, at a fraction of the cost. Non-JPEG files (PNGs named
+  .JPEG, ...) are decoded and scaled whole; grayscale and CMYK files come
+  out RGB. `resample=False` is for images known to be the paper's view
+  already (the prepared copy), whose windows are exactly `size`.
+  """
+  where = dict(resize_size=resize_size, top=top, left=left, size=size)
+  # Only decoding is branched on: in tf.data, the same ops ran slower
+  # inside a branch than outside one.
+  pixels, corner, side = tf.cond(
+      tf.io.is_jpeg(encoded), lambda: _jpeg_region(encoded, **where),
+      lambda: _other_region(encoded, **where))
+  image = tf.slice(pixels, tf.concat([corner, [0]], 0), [side, side, 3])
+  # The window is under twice `size`, where bilinear needs no antialiasing;
+  # an exact fit comes out unchanged. Decided per dataset, not per image:
+  # a branch on the window's side costs more than it saves.
+  if resample:
+    return bilinear(image, size)
+  return tf.ensure_shape(image, [size, size, 3])
+
+
+def decode_central_square(encoded: tf.Tensor, size: int,
+                          resample: bool = True) -> tf.Tensor:
+  """The paper's view: shorter side scaled to `size`, the central square."""
+  return decode_crop(encoded, resize_size=size, top=0, left=0, size=size,
+                     resample=resample)
+
+
+def ten_crops(image: tf.Tensor, size: int) -> tf.Tensor:
+  """The paper's test patches: 4 corners, centre, then their reflections.
+
+  Returns (10, size, size, C) from a square image.
+  """
+  far = tf.shape(image)[0] - size
+  mid = far // 2
+  corners = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
+  crops = tf.stack([image[t:t + size, l:l + size] for t, l in corners])
+  return tf.concat([crops, crops[:, :, ::-1]], axis=0)
+
+
+def centre_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+  offset = (tf.shape(image)[0] - size) // 2
+  return image[offset:offset + size, offset:offset + size]
+
+
+def lighting_offset(alpha: np.ndarray, eigval: np.ndarray,
+                    eigvec: np.ndarray) -> np.ndarray:
+  """The paper's PCA lighting (section 4.1), sum_i alpha_i l_i p_i, in 0-255
+  pixel units.
+
+  `alpha` is (..., 3); eigval and eigvec describe pixels scaled to [0, 1],
+  hence the 255.
+  """
+  return 255.0 * (alpha * eigval) @ np.transpose(eigvec)
+
+
+def skip_undecodable(ds: tf.data.Dataset,
+                     data: ml_collections.ConfigDict) -> tf.data.Dataset:
+  """Drops examples that fail to decode when data.skip_corrupt is set; the
+  callers count the gaps. Otherwise explain_errors names the setting."""
+  return ds.ignore_errors() if data.skip_corrupt else ds
+
+
+def explain_errors(items: Iterator[T]) -> Iterator[T]:
+  """Passes `items` through; a decoding error names data.skip_corrupt."""
+  try:
+    yield from items
+  except tf.errors.InvalidArgumentError as e:
+    raise ValueError(
+        f'An image failed to decode: {e.message.splitlines()[0]}. Set '
+        '--config.data.skip_corrupt=True to skip (and count) such images.'
+    ) from e

@@ -1,0 +1,278 @@
+"""Where examples come from: TFDS datasets, image folders and the prepared copy.
+
+Each source is seen through one interface, `Source`: this process's shard
+of a split as encoded images and labels. Nothing here downloads: a TFDS
+dataset must be prepared, or preparable from a manual directory
+(imagenet2012), or be the embedded demo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
+
+from data import demo_shapes, image_folder
+
+# Archives that imagenet2012's TFDS builder reads from the manual directory.
+_IMAGENET_ARCHIVES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+
+# What --mode=prepare records of its copy, and the folders it writes
+# data.train_split and data.eval_split to.
+PREPARED_INFO = 'prepared.json'
+PREPARED_SPLITS = ('train', 'validation')
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """The dataset is neither prepared nor preparable without a download."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A dataset as this process sees it.
+
+  `read(split, shuffle_seed)` gives this process's shard of `split` as
+  {'image', 'label': int} examples, in a fixed order without a seed, or
+  shuffled as a function of the seed. `load(example['image'])` is the
+  encoded image: for TFDS, 'image' already; for image folders, 'image' is a
+  path and `load` reads the file, inside the map that decodes it. With
+  `views`, every image is already the paper's view at data.resize_size (the
+  prepared copy, checked on opening), so crops of it need no resampling.
+  """
+  num_classes: int
+  num_examples: Callable[[str], int]   # over all processes
+  read: Callable[[str, int | None], tf.data.Dataset]
+  load: Callable[[tf.Tensor], tf.Tensor]
+  views: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  num_train_examples: int
+  num_eval_examples: int
+
+
+# ---------------------------------------------------------------------------
+# TFDS datasets: found, or prepared from what is on disk.
+
+
+def _default_manual_dir(builder: tfds.core.DatasetBuilder) -> str:
+  # TFDS's own default, which download_and_prepare uses when given None.
+  return os.fspath(builder.data_dir_root / 'downloads' / 'manual')
+
+
+def _not_found_message(builder: tfds.core.DatasetBuilder,
+                       manual_dir: str) -> str:
+  lines = [
+      f'Dataset {builder.info.full_name!r} is not prepared in '
+      f'{builder.data_dir_root} (TFDS looks for it in {builder.data_dir}).']
+  if builder.name == 'imagenet2012':
+    lines += [
+        'Download the ILSVRC-2012 archives from https://image-net.org/ '
+        '(registration required) and place',
+        *(f'  {os.path.join(manual_dir, f)}' for f in _IMAGENET_ARCHIVES),
+        'The first run then prepares the dataset there (this takes hours); '
+        'pass --config.data.manual_dir to use another manual '
+        'directory, or --config.data.data_dir for another data_dir.']
+  elif builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    lines += [
+        f'Place its manually downloaded files in {manual_dir}:',
+        str(builder.MANUAL_DOWNLOAD_INSTRUCTIONS).strip()]
+  else:
+    name = builder.name
+    if builder.builder_config:
+      name += f'/{builder.builder_config.name}'
+    lines += [
+        'This pipeline does not download datasets; prepare it first, e.g. '
+        f'`tfds build {name} --data_dir={builder.data_dir_root}`.']
+  return '\n'.join(lines)
+
+
+def _manual_files_present(builder: tfds.core.DatasetBuilder,
+                          manual_dir: str) -> bool:
+  if builder.name == 'imagenet2012':
+    # Both are needed: training and evaluation read different splits.
+    return all(os.path.isfile(os.path.join(manual_dir, f))
+               for f in _IMAGENET_ARCHIVES)
+  return os.path.isdir(manual_dir) and bool(os.listdir(manual_dir))
+
+
+def _prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | None) -> None:
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=manual_dir,
+      # Never look for a prepared copy on GCS: no network is assumed.
+      try_download_gcs=False))
+
+
+# The datasets this process has already met the other processes for.
+_COORDINATED: set[tuple[str | None, ...]] = set()
+
+
+def get_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """Returns the prepared TFDS builder for `data.name` in `data.data_dir`.
+
+  demo_shapes is generated if needed; a manual dataset whose files are in
+  place is prepared from them. Anything else that is not prepared raises
+  DatasetNotFoundError saying where the files belong.
+
+  With several processes, the first call on each (all processes make it)
+  lets process 0 prepare the dataset before the others look: processes
+  sharing a data_dir would otherwise race to write it. A process whose
+  data_dir is its own prepares it after that.
+  """
+  key = (data.name, data.data_dir, data.manual_dir)
+  if jax.process_count() == 1 or key in _COORDINATED:
+    return _prepared_builder(data)
+  if jax.process_index() == 0:
+    _prepared_builder(data)
+  multihost_utils.sync_global_devices(f'prepare {key}')
+  _COORDINATED.add(key)
+  return _prepared_builder(data)
+
+
+def _builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of `data.name`, prepared or not."""
+  try:
+    return tfds.builder(data.name, data_dir=data.data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DatasetNotFoundError(
+        f'Unknown dataset {data.name!r}: TFDS has no builder of that name and '
+        f'found no prepared copy in {data.data_dir or tfds.core.constants.DATA_DIR}.'
+    ) from e
+
+
+def _prepared_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  builder = _builder(data)
+  if builder.is_prepared():
+    return builder
+
+  if builder.name == demo_shapes.NAME:
+    _prepare(builder, manual_dir=None)
+    return builder
+
+  manual_dir = data.manual_dir or _default_manual_dir(builder)
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and _manual_files_present(
+      builder, manual_dir):
+    _prepare(builder, manual_dir=manual_dir)
+    return builder
+  raise DatasetNotFoundError(_not_found_message(builder, manual_dir))
+
+
+# ---------------------------------------------------------------------------
+# Sources.
+
+
+def deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """In order, and without tf.data's autotuner, which at times ran a map of
+  two workers on one CPU for a whole iterator (docs/performance.md)."""
+  options = tf.data.Options()
+  options.deterministic = True
+  options.autotune.enabled = False
+  return ds.with_options(options)
+
+
+def _tfds_source(data: ml_collections.ConfigDict) -> Source:
+  builder = get_builder(data)
+
+  def read(split: str, shuffle_seed: int | None) -> tf.data.Dataset:
+    read_config = tfds.ReadConfig(
+        shuffle_seed=shuffle_seed,
+        # A fixed interleaving order keeps seeded epochs repeatable.
+        interleave_cycle_length=16, interleave_block_length=1)
+    ds = builder.as_dataset(
+        split=tfds.split_for_jax_process(split),
+        shuffle_files=shuffle_seed is not None,
+        decoders={'image': tfds.decode.SkipDecoding()},
+        read_config=read_config)
+    ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
+    if shuffle_seed is not None:
+      # Records are read file by file; the buffer mixes neighbouring files.
+      ds = ds.shuffle(data.shuffle_buffer, seed=shuffle_seed)
+    return deterministic(ds)
+
+  return Source(num_classes=builder.info.features['label'].num_classes,
+                num_examples=lambda split: builder.info.splits[split].num_examples,
+                read=read, load=lambda image: image)
+
+
+def _folder_source(root: str, val_fraction: float,
+                   split_names: dict[str, str] | None = None,
+                   views: bool = False) -> Source:
+  """`split_names` maps config split names to the folder's, where they differ."""
+  folder = image_folder.scan(root, val_fraction=val_fraction)
+  rename = lambda split: (split_names or {}).get(split, split)
+
+  def read(split: str, shuffle_seed: int | None) -> tf.data.Dataset:
+    return deterministic(folder.read(
+        rename(split), process_index=jax.process_index(),
+        process_count=jax.process_count(), shuffle_seed=shuffle_seed))
+
+  return Source(num_classes=len(folder.class_names),
+                num_examples=lambda split: folder.num_examples(rename(split)),
+                read=read, load=tf.io.read_file, views=views)
+
+
+def _check_prepared(data: ml_collections.ConfigDict) -> None:
+  """The prepared copy exists and holds data.resize_size squares, which
+  are then cropped without resampling."""
+  if not os.path.isdir(data.prepared_dir):
+    raise DatasetNotFoundError(
+        f'data.prepared_dir={data.prepared_dir!r} does not exist; write it '
+        'with --mode=prepare (same config), or unset it to read the source '
+        'directly.')
+  try:
+    with open(os.path.join(data.prepared_dir, PREPARED_INFO)) as f:
+      prepared_size = json.load(f)['resize_size']
+  except (OSError, ValueError, KeyError) as e:
+    raise ValueError(
+        f'data.prepared_dir={data.prepared_dir!r} has no readable '
+        f'{PREPARED_INFO} ({e!r}), so it was not written by this version of '
+        '--mode=prepare; delete it and prepare it again.') from e
+  if prepared_size != data.resize_size:
+    raise ValueError(
+        f'data.prepared_dir={data.prepared_dir!r} holds {prepared_size}x'
+        f'{prepared_size} images, but data.resize_size is {data.resize_size}; '
+        f'set --config.data.resize_size={prepared_size}, or prepare another '
+        'copy at this size.')
+
+
+def source_name(data: ml_collections.ConfigDict) -> str:
+  """What the configured source reads: the prepared copy, the image folder
+  or the TFDS dataset's name."""
+  return data.prepared_dir or data.image_folder or data.name
+
+
+def get_source(data: ml_collections.ConfigDict) -> Source:
+  """The configured source: prepared_dir, else image_folder, else TFDS."""
+  if data.prepared_dir:
+    _check_prepared(data)
+    return _folder_source(data.prepared_dir, 0.0, dict(zip(
+        (data.train_split, data.eval_split), PREPARED_SPLITS)), views=True)
+  if data.image_folder:
+    return _folder_source(data.image_folder, data.val_fraction)
+  return _tfds_source(data)
+
+
+def dataset_info(data: ml_collections.ConfigDict) -> DatasetInfo:
+  """Number of classes and of train / eval examples (over all processes)."""
+  source = get_source(data)
+  return DatasetInfo(
+      num_classes=source.num_classes,
+      num_train_examples=source.num_examples(data.train_split),
+      num_eval_examples=source.num_examples(data.eval_split))
+
+
+def num_classes(data: ml_collections.ConfigDict) -> int:
+  """The dataset's class count from its metadata (a TFDS builder's features,
+  an image folder's class folders): nothing is prepared or decoded."""
+  if data.prepared_dir or data.image_folder:
+    return get_source(data).num_classes
+  return _builder(data).info.features['label'].num_classes

@@ -1,0 +1,146 @@
+"""The README and docs: their commands parse, their file references exist, and
+docs/config.md lists exactly the config's keys with their defaults."""
+
+from __future__ import annotations
+
+import ast
+import glob
+import importlib.util
+import json
+import os
+import re
+import shlex
+
+import flax
+import pytest
+
+import main
+from configs import alexnet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = ['README.md', *sorted(os.path.relpath(p, REPO) for p in
+                             glob.glob(os.path.join(REPO, 'docs', '*.md')))]
+
+
+def _read(doc: str) -> str:
+  with open(os.path.join(REPO, doc)) as f:
+    return f.read()
+
+
+def _commands(doc: str) -> list[str]:
+  """The shell commands of a document's ```bash blocks, continuations joined,
+  split at &&, without leading VAR=value assignments."""
+  commands = []
+  for block in re.findall(r'```bash\n(.*?)```', _read(doc), re.S):
+    text = re.sub(r'\\\n\s*', ' ', block)
+    for line in text.splitlines():
+      line = line.split(' #')[0].strip()
+      for part in line.split('&&'):
+        part = re.sub(r'^(\w+=\S+\s+)+', '', part.strip())
+        if part:
+          commands.append(part)
+  return commands
+
+
+def _python_commands(prefix: str) -> list[tuple[str, str]]:
+  return [(doc, c) for doc in DOCS for c in _commands(doc)
+          if c.startswith(prefix) and '...' not in c]
+
+
+def test_the_docs_have_commands():
+  assert len(_python_commands('python main.py')) >= 10
+  assert _python_commands('python -m tools.')
+
+
+def _load_config(spec: str):
+  """The config that --config=PATH[:VARIANTS] names, built as main.py builds it."""
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location(
+      'doc_config', os.path.join(REPO, path))
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def _override(config, key: str, text: str) -> None:
+  """Sets config key `key` from flag text, as config_flags would: the key
+  must exist and the value must parse as the field's type."""
+  *parents, name = key.split('.')
+  for parent in parents:
+    config = config[parent]
+  assert name in config, f'no config key {key!r}'
+  old = config[name]
+  if isinstance(old, (tuple, list)):
+    value = ast.literal_eval(text)
+  elif isinstance(old, bool):
+    assert text in ('True', 'False', 'true', 'false'), (key, text)
+    value = text.lower() == 'true'
+  elif old is None:
+    value = text
+  else:
+    value = type(old)(text)
+  config[name] = value
+
+
+def _parse_main_args(args: list[str]) -> dict[str, str]:
+  """main.py's flags: the config built and overridden; the rest returned."""
+  flag_values, config = {}, None
+  for arg in args:
+    assert arg.startswith('--') and '=' in arg, arg
+    name, value = arg[2:].split('=', 1)
+    if name == 'config':
+      config = _load_config(value)
+    elif name.startswith('config.'):
+      assert config is not None, f'{arg} before --config'
+      _override(config, name[len('config.'):], value)
+    else:
+      assert name in ('workdir', 'mode', 'coordinator_address',
+                      'num_processes', 'process_id'), f'unknown flag --{name}'
+      flag_values[name] = value
+  assert config is not None, 'no --config'
+  return flag_values
+
+
+@pytest.mark.parametrize('doc, command', _python_commands('python main.py'))
+def test_main_commands_parse(doc, command):
+  flag_values = _parse_main_args(shlex.split(command)[2:])
+  mode = flag_values.get('mode', 'train')
+  assert mode in main.MODES, (doc, command)
+  if main.MODES[mode].needs_workdir:
+    assert 'workdir' in flag_values, f'{doc}: {command} needs --workdir'
+
+
+@pytest.mark.parametrize('doc, command', _python_commands('python -m tools.'))
+def test_tool_commands_name_a_tool_and_a_valid_config(doc, command):
+  args = shlex.split(command)
+  assert importlib.util.find_spec(args[2]) is not None, (doc, command)
+  for arg in args[3:]:
+    if arg.startswith('--config='):
+      _load_config(arg.split('=', 1)[1])
+
+
+@pytest.mark.parametrize('doc', DOCS)
+def test_files_named_in_the_docs_exist(doc):
+  """Links, and paths of the repository's files (a folder and a .py or .md)."""
+  text = _read(doc)
+  named = set(re.findall(r'\]\(([^)#:]+)\)', text)) | set(re.findall(
+      r'(?<![\w/.~-])((?:[\w-]+/)+[\w-]+\.(?:py|md))\b', text))
+  here = os.path.dirname(os.path.join(REPO, doc))
+  missing = [path for path in named
+             if not any(os.path.exists(os.path.join(base, path))
+                        for base in (here, REPO))]
+  assert not missing, f'{doc} names files that are not in the repository: {missing}'
+
+
+def _as_json(value):
+  return json.loads(json.dumps(value))  # tuples and lists alike
+
+
+def test_config_reference_lists_every_key_with_its_default():
+  rows = re.findall(r'^\| `([\w.]+)` \| `(.*?)` \|', _read('docs/config.md'), re.M)
+  documented = dict(rows)
+  assert len(documented) == len(rows), 'a key is documented twice'
+  config = flax.traverse_util.flatten_dict(alexnet.get_config().to_dict(), sep='.')
+  assert sorted(documented) == sorted(config)
+  for key, default in documented.items():
+    assert _as_json(ast.literal_eval(default)) == _as_json(config[key]), key

@@ -1,0 +1,9 @@
+"""Tools around training: inspection, benchmarks and sweeps.
+
+  summary          --mode=summary: every layer's shape, parameters and FLOPs
+  benchmark        --mode=benchmark: train-step img/s against a reference
+  comm_report      --mode=comm_report: the collectives of the compiled step
+  benchmark_input  --mode=benchmark_input: input img/s against baselines
+  synthetic_photos ImageNet-like JPEGs to benchmark the input on
+  ablate           a config and its variants trained in turn: a table, a plot
+"""
