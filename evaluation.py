@@ -1,4 +1,5 @@
-"""--mode=eval: a saved checkpoint's validation errors, centre crop and 10-crop."""
+"""Evaluation: a state's errors on the evaluation split, and --mode=eval, a
+saved checkpoint's centre-crop and 10-crop errors."""
 
 from __future__ import annotations
 
@@ -7,11 +8,34 @@ import ml_collections
 import checkpointing
 import input_pipeline
 import parallel
-from trainer import Trainer
+from trainer import Trainer, TrainState
 
 # The paper's test averages the softmax over ten crops (corners, centre and
 # their mirror images); the centre crop alone is the common cheaper number.
 CROPS = (('centre crop', False), ('10-crop', True))
+
+
+def evaluate(trainer: Trainer, state: TrainState, config: ml_collections.ConfigDict,
+             *, ten_crop: bool = False) -> dict[str, float]:
+  """`state`'s loss, top-1 and top-5 error on config.data.eval_split, and
+  the number of examples they count (`examples`).
+
+  An evaluation that counts no example (every image undecodable) is an
+  error, not a NaN reported as a result.
+  """
+  batches = input_pipeline.eval_iterator(
+      config.data, batch_size=parallel.process_batch_size(config.eval_batch_size),
+      ten_crop=ten_crop)
+  metrics = trainer.evaluate(state, batches)
+  examples = int(metrics.loss.count)
+  if not examples:
+    raise ValueError(
+        f'No example of split {config.data.eval_split!r} of '
+        f'{input_pipeline.source_name(config.data)!r} could be evaluated: '
+        'every image failed to decode. Check the files, or evaluate another '
+        'split with --config.data.eval_split.')
+  return {**{k: float(v) for k, v in metrics.compute().items()},
+          'examples': examples}
 
 
 def _choose_step(which: str, checkpoints: checkpointing.Checkpoints) -> int:
@@ -48,11 +72,7 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> str:
            f'split {config.data.eval_split!r}:',
            f'{"crop":<12}{"top-1 error":>13}{"top-5 error":>13}{"examples":>10}']
   for name, ten_crop in CROPS:
-    batches = input_pipeline.eval_iterator(
-        config.data, batch_size=parallel.process_batch_size(config.eval_batch_size),
-        ten_crop=ten_crop)
-    metrics = trainer.evaluate(state, batches)
-    errors = metrics.compute()
-    lines.append(f'{name:<12}{float(errors["top1_error"]):>13.4f}'
-                 f'{float(errors["top5_error"]):>13.4f}{int(metrics.loss.count):>10,}')
+    errors = evaluate(trainer, state, config, ten_crop=ten_crop)
+    lines.append(f'{name:<12}{errors["top1_error"]:>13.4f}'
+                 f'{errors["top5_error"]:>13.4f}{errors["examples"]:>10,}')
   return '\n'.join(lines)

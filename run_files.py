@@ -42,7 +42,7 @@ def atomic_write(path: str, mode: str = 'w') -> Iterator[IO]:
 
 def write_results(workdir: str, results: Mapping[str, Any]) -> None:
   with atomic_write(os.path.join(workdir, RESULTS)) as f:
-    json.dump(results, f, indent=2)
+    json.dump(results, f, indent=2, allow_nan=False)  # NaN is not JSON
 
 
 class JsonlWriter(interface.MetricWriter):

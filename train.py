@@ -13,6 +13,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 import checkpointing
+import evaluation
 import input_pipeline
 import parallel
 import run_files
@@ -115,16 +116,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
       if evaluate:
         with progress.timed('eval'):
-          val = trainer.evaluate(state, input_pipeline.eval_iterator(
-              config.data,
-              batch_size=parallel.process_batch_size(config.eval_batch_size)))
-        val_metrics = {k: float(v) for k, v in val.compute().items()}
-        state = trainer.after_eval(state, val_metrics['top1_error'])
+          val = evaluation.evaluate(trainer, state, config)
+        state = trainer.after_eval(state, val['top1_error'])
         results = dict(
-            val_top1_error=val_metrics['top1_error'],
-            val_top5_error=val_metrics['top5_error'],
-            val_loss=val_metrics['loss'],
-            val_examples=int(val.loss.count),
+            val_top1_error=val['top1_error'],
+            val_top5_error=val['top5_error'],
+            val_loss=val['loss'],
+            val_examples=val['examples'],
             step=step + 1,
             epoch=(step + 1) / steps_per_epoch,
             train_seconds=time.perf_counter() - start)

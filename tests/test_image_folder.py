@@ -205,3 +205,19 @@ def test_prepare_writes_the_papers_squares_and_training_reads_them(tmp_path):
   os.remove(info_file)
   with pytest.raises(ValueError, match='prepare it again'):
     input_pipeline.train_iterator(data, batch_size=4, seed=0)
+
+
+def test_an_evaluation_of_no_decodable_image_is_an_error(tmp_path):
+  root = _folder(tmp_path / 'data', per_class=4, classes=('a', 'b'))
+  for path in glob.glob(f'{root}/validation/*/*.jpg'):
+    with open(path, 'w') as f:
+      f.write('not an image')
+  config = _config(root)
+  config.model.num_classes = 2
+  config.data.resize_size = config.data.image_size = 67
+  config.batch_size = config.eval_batch_size = 8
+  config.num_train_steps = 1
+  with pytest.raises(ValueError, match=r"No example of split 'validation' of .* "
+                     'could be evaluated'):
+    train.train_and_evaluate(config, str(tmp_path / 'work'))
+  assert not (tmp_path / 'work' / 'results.json').exists()
