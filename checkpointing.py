@@ -13,13 +13,16 @@ saved on one mesh or device count resumes on another.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import math
 import os
 import shutil
 import signal
-from typing import Any
+import threading
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 import flax
 import jax
@@ -32,10 +35,13 @@ from orbax.checkpoint import checkpoint_managers
 from trainer import TrainState, Trainer
 
 
+T = TypeVar('T')
+
 CHECKPOINT_DIR = 'checkpoints'
 # Unreadable checkpoints are moved here, out of orbax's sight, not deleted.
 UNREADABLE_DIR = 'checkpoints_unreadable'
 BEST_METRIC = 'val_top1_error'
+_WAIT_REPORTED_AFTER = 10.0  # seconds without a batch before saying so
 
 # Config keys that define the model, the data stream or the optimisation
 # trajectory: resuming under a different value would silently train
@@ -304,3 +310,33 @@ class Preemption:
   def requested(self, step: int) -> bool:
     """Call at every step on every process (the multi-process check syncs)."""
     return self._checkpoints.reached_preemption(step) or self._sigterm
+
+  def next_or_none(self, items: Iterator[T]) -> T | None:
+    """`next(items)`, or None if SIGTERM arrives while it waits (one process).
+
+    The wait happens on a daemon thread, so that the signal handler runs
+    and the run can stop even while the input pipeline is stuck. Several
+    processes stop only at a step they agree on: they wait as usual.
+    """
+    if jax.process_count() > 1:
+      return next(items)
+    outcome = concurrent.futures.Future()
+
+    def fetch():
+      try:
+        outcome.set_result(next(items))
+      except BaseException as e:  # noqa: BLE001  (re-raised below)
+        outcome.set_exception(e)
+
+    threading.Thread(target=fetch, daemon=True).start()
+    waited, report_at = 0.0, _WAIT_REPORTED_AFTER
+    while not self._sigterm:
+      try:
+        return outcome.result(timeout=0.1)
+      except concurrent.futures.TimeoutError:
+        waited += 0.1
+      if waited >= report_at:  # after 10 s, 30 s, 70 s...
+        logging.warning('Waited %.0f s for the input pipeline; SIGTERM stops '
+                        'the run with a checkpoint.', waited)
+        report_at = 2 * report_at + _WAIT_REPORTED_AFTER
+    return None

@@ -85,12 +85,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start = time.perf_counter()
   pending: list[TrainMetrics] = []
   interval_start, data_wait = time.perf_counter(), 0.0
-  preempted = False
+
+  def log_interval(step: int) -> None:
+    """Writes the mean training metrics since the last call, at `step`."""
+    nonlocal pending, interval_start, data_wait
+    if not pending:
+      return
+    pending = jax.device_get(pending)
+    _check_finite(pending, step + 1 - len(pending))
+    interval = time.perf_counter() - interval_start
+    summary = {f'train_{k}': v for k, v in
+               functools.reduce(TrainMetrics.merge, pending).compute().items()}
+    summary['images_per_sec'] = len(pending) * config.batch_size / interval
+    summary['data_wait_fraction'] = data_wait / interval
+    summary['skipped_images'] = train_iter.skipped
+    writer.write_scalars(step, summary)
+    pending, interval_start, data_wait = [], time.perf_counter(), 0.0
+
+  preempted = waiting_for_data = False
   with checkpointing.Preemption(checkpoints) as preemption:
     for step in range(first_step, num_steps):
       t = time.perf_counter()
-      batch = next(train_iter)
+      batch = preemption.next_or_none(train_iter)
       data_wait += time.perf_counter() - t
+      if batch is None:  # SIGTERM while waiting for data: save this step
+        log_interval(step)
+        checkpoints.save(state, results=results, evaluated=False)
+        preempted = waiting_for_data = True
+        break
       state, step_metrics = trainer.train_step(state, batch)
       pending.append(step_metrics)
       progress(step + 1)
@@ -103,16 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # Logging at every save makes a resumed run average over the same
       # steps as an uninterrupted one, so both write the same metric log.
       if (step + 1) % config.log_every_steps == 0 or save:
-        pending = jax.device_get(pending)
-        _check_finite(pending, step + 2 - len(pending))
-        interval = time.perf_counter() - interval_start
-        summary = {f'train_{k}': v for k, v in
-                   functools.reduce(TrainMetrics.merge, pending).compute().items()}
-        summary['images_per_sec'] = len(pending) * config.batch_size / interval
-        summary['data_wait_fraction'] = data_wait / interval
-        summary['skipped_images'] = train_iter.skipped
-        writer.write_scalars(step + 1, summary)
-        pending, interval_start, data_wait = [], time.perf_counter(), 0.0
+        log_interval(step + 1)
 
       if evaluate:
         with progress.timed('eval'):
@@ -137,7 +150,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpoints.save(state, results=results, evaluated=evaluate)
       if preempted:
         break
-  train_iter.close()
+  if not waiting_for_data:  # else the iterator is busy on another thread
+    train_iter.close()
   checkpoints.wait_until_finished()
   checkpoints.close()
   writer.flush()

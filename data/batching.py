@@ -19,7 +19,8 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import math
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import jax
 import ml_collections
@@ -70,6 +71,26 @@ def augmentation(data: ml_collections.ConfigDict,
           'lighting': np.float32(lighting)}
 
 
+class _Starter:
+  """Starts epochs in the background, on daemon threads, so that a pipeline
+  stuck reading (a hung file system) never blocks the process's exit."""
+
+  def __init__(self, start: Callable[[int, int], Iterator[Batch]]):
+    self._start = start
+
+  def submit(self, epoch: int, first: int) -> concurrent.futures.Future:
+    future = concurrent.futures.Future()
+
+    def run():
+      try:
+        future.set_result(self._start(epoch, first))
+      except BaseException as e:  # noqa: BLE001  (re-raised by result())
+        future.set_exception(e)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
 class TrainIterator(Iterator[Batch]):
   """Endless augmented training batches of this process's shard.
 
@@ -116,29 +137,46 @@ class TrainIterator(Iterator[Batch]):
 
   def _stream(self, start_step: int) -> Iterator[Batch]:
     epoch, step_in_epoch = divmod(start_step, self.batches_per_epoch)
-    with concurrent.futures.ThreadPoolExecutor(1) as starter:
-      upcoming = starter.submit(self._started, epoch,
-                                step_in_epoch * self._batch_size)
-      while True:
-        batches, upcoming = upcoming.result(), None
-        expected = step_in_epoch * self._batch_size
-        start_next_at = max(
-            self.batches_per_epoch - step_in_epoch - self._lookahead, 0)
-        for i, batch in enumerate(batches):
-          if i == start_next_at:
-            upcoming = starter.submit(self._started, epoch + 1, 0)
-          index = batch.pop('index')
-          # Examples missing before this batch's last one failed to decode.
-          skipped = int(index[-1]) + 1 - expected - len(index)
-          if skipped:
-            self.skipped += skipped
-            logging.warning('Skipped %d undecodable training image(s); %d so far.',
-                            skipped, self.skipped)
-          expected = int(index[-1]) + 1
-          yield batch
-        if upcoming is None:  # no lookahead, or images were skipped
-          upcoming = starter.submit(self._started, epoch + 1, 0)
-        epoch, step_in_epoch = epoch + 1, 0
+    starter = _Starter(self._started)
+    upcoming = starter.submit(epoch, step_in_epoch * self._batch_size)
+    while True:
+      batches, upcoming = upcoming.result(), None
+      first = expected = step_in_epoch * self._batch_size
+      start_next_at = max(
+          self.batches_per_epoch - step_in_epoch - self._lookahead, 0)
+      yielded = 0
+      for i, batch in enumerate(batches):
+        if i == start_next_at:
+          upcoming = starter.submit(epoch + 1, 0)
+        index = batch.pop('index')
+        # Examples missing before this batch's last one failed to decode.
+        skipped = int(index[-1]) + 1 - expected - len(index)
+        expected = int(index[-1]) + 1
+        if skipped:
+          self.skipped += skipped
+          logging.warning('Skipped %d undecodable training image(s); %d so far.',
+                          skipped, self.skipped)
+        if len(index) < self._batch_size:
+          break  # the epoch's tail, short because images were skipped
+        yielded += 1
+        yield batch
+      if not yielded:
+        raise self._no_batch_error(epoch, first)
+      if upcoming is None:  # no lookahead, or images were skipped
+        upcoming = starter.submit(epoch + 1, 0)
+      epoch, step_in_epoch = epoch + 1, 0
+
+  def _no_batch_error(self, epoch: int, first: int) -> ValueError:
+    data = self._data
+    tried = (self._source.num_examples(data.train_split) //
+             jax.process_count() - first)
+    return ValueError(
+        f'Epoch {epoch} of split {data.train_split!r} of '
+        f'{sources.source_name(data)!r} gave no batch of {self._batch_size}: '
+        f'of the {tried} images this process tried, fewer than '
+        f'{self._batch_size} decoded (the rest were skipped, as '
+        'data.skip_corrupt=True says). Check the files, or set '
+        '--config.data.skip_corrupt=False to stop at the first bad one.')
 
   def _started(self, epoch: int, first: int) -> Iterator[Batch]:
     """Epoch `epoch`'s batches from example `first`, the first one ready."""
@@ -185,7 +223,9 @@ class TrainIterator(Iterator[Batch]):
 
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     ds = preprocessing.skip_undecodable(ds, data)
-    ds = ds.batch(self._batch_size, drop_remainder=True)
+    # A short last batch is only seen when images were skipped; _stream
+    # counts it and drops it.
+    ds = ds.batch(self._batch_size)
     ds = ds.take(self.batches_per_epoch - first // self._batch_size)
     return ds.prefetch(data.prefetch)
 

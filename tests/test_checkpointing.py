@@ -147,6 +147,29 @@ def test_sigterm_saves_at_the_step_it_stops_and_exits_0(uninterrupted, tmp_path,
   assert run_files.read_metrics(workdir)[-1]['step'] == step
 
 
+def test_sigterm_while_the_input_pipeline_waits_saves_and_exits_0(tmp_path):
+  # Images that are FIFOs nobody writes to: reading them blocks forever, as
+  # on a hung file system.
+  for split in ('train', 'validation'):
+    for name in ('a', 'b'):
+      os.makedirs(tmp_path / 'data' / split / name)
+      for i in range(4):
+        os.mkfifo(tmp_path / 'data' / split / name / f'{i}.jpg')
+  workdir = tmp_path / 'work'
+  command = [sys.executable, 'main.py', '--config=configs/demo.py:size=tiny',
+             f'--config.data.image_folder={tmp_path / "data"}',
+             '--config.model.num_classes=0', '--config.batch_size=8',
+             '--config.eval_batch_size=8', f'--workdir={workdir}']
+  log = tmp_path / 'run.log'
+  with _running(command, log) as process:
+    _wait_for(lambda: 'Waited 10 s for the input pipeline' in log.read_text(),
+              process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+  assert 'Preempted: stopped after step 0' in log.read_text()
+  assert _saved_steps(workdir) == [0]
+
+
 def test_two_processes_stop_together_on_sigterm_and_resume(tmp_path, command, free_port):
   # A scheduler signals every process of a job. They share one data_dir
   # (process 0 generates the demo first) and must agree on the step to

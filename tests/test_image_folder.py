@@ -221,3 +221,20 @@ def test_an_evaluation_of_no_decodable_image_is_an_error(tmp_path):
                      'could be evaluated'):
     train.train_and_evaluate(config, str(tmp_path / 'work'))
   assert not (tmp_path / 'work' / 'results.json').exists()
+
+
+def test_a_training_split_without_a_decodable_batch_is_an_error(tmp_path):
+  # Text files named .jpg, as in a folder of failed downloads.
+  for split in ('train', 'validation'):
+    for name in ('a', 'b'):
+      os.makedirs(tmp_path / split / name)
+      for i in range(6):
+        (tmp_path / split / name / f'{i}.jpg').write_text('not an image')
+  config = _config(tmp_path)
+  config.model.num_classes = 2
+  config.data.resize_size = config.data.image_size = 67
+  config.batch_size = config.eval_batch_size = 8
+  with pytest.raises(ValueError, match=(
+      rf"Epoch 0 of split 'train' of '{tmp_path}' gave no batch of 8: of the 12 "
+      r'images this process tried, fewer than 8 decoded .*skip_corrupt')):
+    train.train_and_evaluate(config, str(tmp_path / 'work'))
