@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -57,6 +58,41 @@ _MAY_CHANGE_DATA_KEYS = ('data.data_dir', 'data.manual_dir', 'data.prepared_dir'
 
 def _best_metric(metrics: dict[str, float]) -> float:
   return metrics.get(BEST_METRIC, math.inf)
+
+
+def state_bytes(state: Any) -> int:
+  """The bytes a checkpoint of `state` holds (over all processes)."""
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
+def _existing(path: str) -> str:
+  """`path`, or its nearest ancestor that exists."""
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  return path
+
+
+def _disk_space(directory: str, needed: int) -> str:
+  """How much a checkpoint needs and how much the disk under `directory` has."""
+  path = _existing(directory)
+  free = shutil.disk_usage(path).free
+  full = 'the disk is full: ' if free < needed else ''
+  return (f'{full}a checkpoint needs about {needed / 2**20:,.1f} MiB and '
+          f'{free / 2**20:,.1f} MiB are free on the file system of {path}.')
+
+
+def check_disk_space(directory: str, state: Any, copies: int) -> None:
+  """Fails at start if not even one checkpoint fits; warns if `copies` do not."""
+  needed = state_bytes(state)
+  free = shutil.disk_usage(_existing(directory)).free
+  if free < needed:
+    raise CheckpointWriteError(
+        f'No room for a checkpoint in {directory}: '
+        f'{_disk_space(directory, needed)} Free disk space or pass another '
+        '--workdir.')
+  if free < copies * needed:
+    logging.warning('%s kept checkpoints may not fit in %s: %s', copies,
+                    directory, _disk_space(directory, needed))
 
 
 class ConfigMismatchError(ValueError):
@@ -104,11 +140,26 @@ def compare_configs(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
                  '; '.join(map(describe, changed)))
 
 
+# The open Checkpoints of this process, for finish_saves.
+_OPEN: weakref.WeakSet[Checkpoints] = weakref.WeakSet()
+
+
+def finish_saves() -> None:
+  """Waits for every checkpoint still being written in the background, so
+  that a run stopping on an error keeps the checkpoints it has begun."""
+  for checkpoints in list(_OPEN):
+    try:
+      checkpoints.wait_until_finished()
+    except Exception:  # noqa: BLE001  (the error that stops the run is reported)
+      pass
+
+
 class Checkpoints:
   """The checkpoints of one workdir."""
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict, *,
                read_only: bool = False):
+    _OPEN.add(self)
     self.config = config
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
     self._unreadable = os.path.abspath(os.path.join(workdir, UNREADABLE_DIR))
@@ -156,18 +207,27 @@ class Checkpoints:
         # Surface a full disk or an unwritable workdir now, not hours later.
         self._manager.wait_until_finished()
         self._manager.check_for_errors()
-    except Exception as e:
-      if self._saved_once:
-        raise
+    except Exception as e:  # orbax and tensorstore raise many kinds
+      self._shut_down()
+      what = (f'the first checkpoint (step {step})' if not self._saved_once else
+              f'checkpoint {step} (or the one before, written in the background)')
       raise CheckpointWriteError(
-          f'Could not write the first checkpoint (step {step}) to '
-          f'{self.directory}: {e}\nFree disk space or pass a writable '
-          '--workdir; training stops here rather than run on without '
-          'checkpoints.') from e
+          f'Could not write {what} to {self.directory}: '
+          f'{_disk_space(self.directory, state_bytes(state))}\n{e}\n'
+          'Free disk space or pass a writable --workdir, then run the same '
+          'command to resume from the last checkpoint.') from e
     self._saved_once = True
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()
+
+  def _shut_down(self) -> None:
+    """Stops orbax's background work after a failed save, so that its
+    threads do not print over the error at exit."""
+    try:
+      self._manager.close()
+    except Exception:  # noqa: BLE001  (the save's own error is reported)
+      pass
 
   def close(self) -> None:
     self._manager.close()

@@ -13,6 +13,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import checkpointing
 import evaluation
 import parallel
 import train
@@ -113,7 +114,17 @@ def main(argv):
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
   logging.info('Config:\n%s', FLAGS.config)
-  output = mode.run(FLAGS.config, FLAGS.workdir)
+  try:
+    output = mode.run(FLAGS.config, FLAGS.workdir)
+  except Exception as e:  # noqa: BLE001
+    # The traceback for a bug report, then what went wrong as the last lines;
+    # then exit at once, so that no library's background thread prints after.
+    logging.exception('--mode=%s failed.', FLAGS.mode)
+    checkpointing.finish_saves()
+    logging.flush()
+    print(f'Error: {e}', file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
   if isinstance(output, str):
     print(output)
 

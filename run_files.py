@@ -7,23 +7,33 @@
                  run killed and resumed leaves the same log as one that was
                  not.
   results.json   the latest validation results.
+  lock           who trains here now: one run at a time (WorkdirLock).
   checkpoints/   orbax's (checkpointing.py).
 
-Only process 0 writes the first two.
+Only process 0 writes these files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import socket
+import time
 from collections.abc import Iterator
 from typing import IO, Any, Mapping
 
+import jax
+import numpy as np
+from absl import logging
 from clu.metric_writers import interface
+from jax.experimental import multihost_utils
 
 METRICS = 'metrics.jsonl'
 RESULTS = 'results.json'
+LOCK = 'lock'
 
 
 @contextlib.contextmanager
@@ -99,3 +109,103 @@ def _truncate_after(path: str, step: int) -> None:
       kept.append(line if line.endswith('\n') else line + '\n')
   with atomic_write(path) as f:
     f.writelines(kept)
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another run trains in the workdir."""
+
+
+def _owner_text() -> str:
+  return json.dumps({'host': socket.gethostname(), 'pid': os.getpid(),
+                     'since': time.strftime('%Y-%m-%d %H:%M:%S')})
+
+
+def _describe(owner: str) -> str:
+  try:
+    o = json.loads(owner)
+    return f"process {o['pid']} on {o['host']} (since {o['since']})"
+  except (ValueError, KeyError, TypeError):
+    return 'an unknown process'
+
+
+def _alive_here(owner: str) -> bool | None:
+  """Whether the owner, if it ran on this host, still runs; None elsewhere."""
+  try:
+    o = json.loads(owner)
+    if o['host'] != socket.gethostname():
+      return None
+    os.kill(o['pid'], 0)
+  except (ValueError, KeyError, TypeError):
+    return None
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass  # it exists, under another user
+  return True
+
+
+class WorkdirLock:
+  """One run at a time in a workdir: process 0 holds WORKDIR/lock, an flock
+  that the kernel releases when the process ends, however it ends.
+
+  The file names the holder (host, pid, start). A run that finds it held
+  refuses to start; one that finds it written but not held (its owner
+  crashed) says so and takes it over. Where the file system has no locks,
+  a holder on this host is checked by its pid, and one on another host is
+  trusted to be alive until its file is deleted. The processes of one run
+  share process 0's lock.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK)
+    self._fd: int | None = None
+
+  def __enter__(self) -> WorkdirLock:
+    error = ''
+    if jax.process_index() == 0:
+      try:
+        self._acquire()
+      except WorkdirLockedError as e:
+        error = str(e)
+    if jax.process_count() > 1:
+      refused = multihost_utils.broadcast_one_to_all(np.int32(bool(error)))
+      if refused and not error:
+        error = f'Process 0 could not lock {self.path}; see its log.'
+    if error:
+      raise WorkdirLockedError(error)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._fd is not None:
+      os.ftruncate(self._fd, 0)  # released cleanly: no owner to report
+      os.close(self._fd)  # also releases the flock
+      self._fd = None
+
+  def _acquire(self) -> None:
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    owner = os.read(fd, 4096).decode(errors='replace').strip()
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      raise WorkdirLockedError(self._refusal(owner)) from None
+    except OSError as e:
+      if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+        raise
+      if owner and _alive_here(owner) is not False:  # no locks: trust the file
+        os.close(fd)
+        raise WorkdirLockedError(self._refusal(owner)) from None
+    if owner:
+      logging.warning('The previous run in %s, %s, ended without releasing '
+                      'its lock (it was killed or crashed); this run takes over.',
+                      os.path.dirname(self.path), _describe(owner))
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, _owner_text().encode(), 0)
+    self._fd = fd
+
+  def _refusal(self, owner: str) -> str:
+    return (f'{os.path.dirname(self.path)} is in use by the run of '
+            f'{_describe(owner)}: two runs in one workdir would overwrite '
+            'each other\'s checkpoints and logs. Wait for it to end or stop '
+            'it, or pass another --workdir. (If that process is gone and '
+            f'this file system has no locks, delete {self.path}.)')

@@ -30,8 +30,14 @@ def _check_finite(step_metrics: list[TrainMetrics], first_step: int) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir`; returns the final validation results."""
+  """Trains `config` in `workdir`, resuming its latest checkpoint; returns
+  the final validation results. Another run in the workdir is refused."""
   os.makedirs(workdir, exist_ok=True)
+  with run_files.WorkdirLock(workdir):
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh = parallel.make_mesh(config.mesh)
   info = input_pipeline.dataset_info(config.data)
   config = input_pipeline.with_dataset_classes(config, info.num_classes)
@@ -58,6 +64,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.init_from:
       state = checkpointing.load_params(config.init_from, trainer, state)
   first_step = int(state.step)
+  checkpointing.check_disk_space(
+      checkpoints.directory, state,
+      copies=config.checkpoint.keep + config.checkpoint.keep_best)
   if first_step > num_steps:
     raise ValueError(
         f'The checkpoint in {checkpoints.directory} is at step {first_step}, past '

@@ -16,10 +16,13 @@ skips to it without decoding what it skips.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import itertools
 import math
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 
 import jax
@@ -73,7 +76,7 @@ def augmentation(data: ml_collections.ConfigDict,
 
 class _Starter:
   """Starts epochs in the background, on daemon threads, so that a pipeline
-  stuck reading (a hung file system) never blocks the process's exit."""
+  stuck reading (a hung file system) cannot block the process's exit."""
 
   def __init__(self, start: Callable[[int, int], Iterator[Batch]]):
     self._start = start
@@ -87,8 +90,23 @@ class _Starter:
       except BaseException as e:  # noqa: BLE001  (re-raised by result())
         future.set_exception(e)
 
-    threading.Thread(target=run, daemon=True).start()
+    thread = threading.Thread(target=run, daemon=True)
+    _STARTING.add(thread)
+    thread.start()
     return future
+
+
+# Threads starting an epoch. A daemon thread that returns from TensorFlow
+# while the interpreter finalizes aborts the process, so exit waits for
+# them a while (an error can end a run while the next epoch is starting).
+_STARTING: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+@atexit.register
+def _wait_for_starting_epochs(timeout: float = 30.0) -> None:
+  deadline = time.monotonic() + timeout
+  for thread in list(_STARTING):
+    thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class TrainIterator(Iterator[Batch]):
@@ -136,8 +154,8 @@ class TrainIterator(Iterator[Batch]):
     self._batches.close()
 
   def _stream(self, start_step: int) -> Iterator[Batch]:
-    epoch, step_in_epoch = divmod(start_step, self.batches_per_epoch)
     starter = _Starter(self._started)
+    epoch, step_in_epoch = divmod(start_step, self.batches_per_epoch)
     upcoming = starter.submit(epoch, step_in_epoch * self._batch_size)
     while True:
       batches, upcoming = upcoming.result(), None

@@ -4,7 +4,10 @@ import contextlib
 import os
 import random
 import re
+import resource
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -380,3 +383,64 @@ def test_unwritable_checkpoint_directory_fails_at_the_first_save(one_device, tmp
   with pytest.raises(checkpointing.CheckpointWriteError,
                      match=r'(?s)Could not write the first checkpoint .*writable --workdir'):
     checkpoints.save(state, results={}, evaluated=False)
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused(uninterrupted, tmp_path, command):
+  data_path, reference = uninterrupted
+  workdir = tmp_path / 'work'
+  shutil.copytree(reference, workdir)
+  before = sorted(p.relative_to(workdir) for p in workdir.rglob('*'))
+  with run_files.WorkdirLock(str(workdir)):  # a run in progress, in this process
+    result = _run(command(data_path, workdir, f'--config.num_train_steps={NUM_STEPS + 4}'))
+  assert result.returncode != 0
+  assert re.search(rf'{workdir} is in use by the run of process {os.getpid()} on '
+                   rf'{re.escape(socket.gethostname())}', result.stderr)
+  assert sorted(p.relative_to(workdir) for p in workdir.rglob('*')) == before
+  assert _saved_steps(workdir) == _saved_steps(reference)
+
+
+def test_a_lock_left_by_a_killed_run_is_reported_and_taken_over(tmp_path, caplog):
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True)
+  (tmp_path / run_files.LOCK).write_text(
+      f'{{"host": "{socket.gethostname()}", "pid": {dead.stdout.strip()}, '
+      '"since": "2026-11-30 10:00:00"}')
+  with caplog.at_level('WARNING'), run_files.WorkdirLock(str(tmp_path)):
+    assert f'"pid": {os.getpid()}' in (tmp_path / run_files.LOCK).read_text()
+  assert f'process {dead.stdout.strip()} on' in caplog.text
+  assert 'ended without releasing its lock' in caplog.text
+  assert (tmp_path / run_files.LOCK).read_text() == ''  # released cleanly
+
+
+def test_a_full_disk_is_named_in_the_last_lines(uninterrupted, tmp_path, command):
+  # Files may not grow past 64 KB: the first checkpoint's arrays cannot be
+  # written, as on a full disk.
+  def limit_file_size():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, resource.RLIM_INFINITY))
+
+  data_path, _ = uninterrupted
+  workdir = tmp_path / 'work'
+  result = subprocess.run(command(data_path, workdir), cwd=REPO,
+                          capture_output=True, text=True, timeout=600,
+                          preexec_fn=limit_file_size,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  error = max(i for i, line in enumerate(lines) if line.startswith('Error: '))
+  assert lines[error].startswith(
+      f'Error: Could not write the first checkpoint (step 3) to {workdir}/checkpoints: '
+      'a checkpoint needs about'), lines[error:]
+  assert 'MiB are free on the file system of' in lines[error]
+  assert lines[-1].startswith('Free disk space or pass a writable --workdir')
+  assert not any('Traceback' in line for line in lines[error:])  # nothing after it
+
+
+def test_no_room_for_one_checkpoint_stops_at_start(one_device, tmp_path, monkeypatch):
+  _, _, state = one_device
+  usage = shutil.disk_usage(tmp_path)._replace(free=1000)
+  monkeypatch.setattr(checkpointing.shutil, 'disk_usage', lambda path: usage)
+  with pytest.raises(checkpointing.CheckpointWriteError, match=(
+      rf'No room for a checkpoint in {tmp_path}: the disk is full: a checkpoint '
+      r'needs about [\d.]+ MiB and 0.0 MiB are free')):
+    checkpointing.check_disk_space(str(tmp_path), state, copies=4)
