@@ -102,6 +102,7 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
       pool_window=variants.choose('pool', v['pool'], {'3x3': 3, '2x2': 2}),
       pool_stride=2,
       dropout_rate=0.5,
+      dropout_position=arch['dropout_position'],  # after (paper) | before fc6, fc7
       initialization=variants.choose('init', init, ('paper', 'modern')),
       dtype=variants.choose('dtype', v['dtype'], ('float32', 'bfloat16')),
   ))
