@@ -29,6 +29,7 @@ VARIANTS: dict[str, str | None] = dict(
     dtype='float32',         # compute dtype: float32 | bfloat16 (params stay float32)
     schedule='plateau',      # plateau | step
     parallel='data',         # configs/parallelism.py: STRATEGIES
+    mean=None,               # image (the paper's; the demo: channel) | channel
 )
 
 
@@ -45,6 +46,8 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
   if v['lrn']:
     norm = variants.choose('lrn', v['lrn'], {'on': 'lrn', 'off': 'none'})
   init = v['init'] or ('paper' if v['arch'] == 'paper' else 'modern')
+  mean_image = variants.choose('mean', v['mean'] or 'image',
+                               {'image': True, 'channel': False})
 
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -66,15 +69,23 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
       prepared_dir=ml_collections.FieldReference(None, field_type=str),
       resize_size=256,          # shorter side, then the central square
       image_size=arch['image_size'],
-      # The paper subtracts the mean and trains on raw centred RGB (0-255).
+      # The paper trains on raw centred RGB (0-255): the per-pixel mean image
+      # of the training split subtracted (section 2), or with mean=channel
+      # the per-channel mean_rgb.
+      mean_image=mean_image,
       mean_rgb=(123.68, 116.78, 103.94),
       std_rgb=(1.0, 1.0, 1.0),
-      # Written by --mode=stats; replaces mean_rgb, eigval and eigvec when set.
+      # Statistics written by --mode=stats (data/statistics.py). None: with
+      # mean_image, those cached beside the data, computed on first use.
+      # Statistics replace mean_rgb, eigval and eigvec.
       stats_file=ml_collections.FieldReference(None, field_type=str),
-      mean_image=False,         # subtract the stats file's per-pixel mean (the paper)
-      # PCA lighting: alpha_i ~ N(0, pca_sigma) per image per presentation
-      # (0 turns it off); ImageNet's eigenvalues and eigenvectors (columns)
-      # of the RGB covariance, pixels in [0, 1].
+      # PCA lighting (section 4.1): alpha_i ~ N(0, pca_sigma) per image per
+      # presentation (0 turns it off), times eigval_i along eigvec_i.
+      # eigval are eigenvalues of the covariance, i.e. variances, of RGB
+      # pixels in [0, 1] (the paper's lambda_i; --mode=stats writes the same),
+      # eigvec its eigenvectors (columns). These are ImageNet's, from
+      # fb.resnet.torch (datasets/imagenet.lua), as most re-implementations
+      # use them; docs/data.md checks that they are variances.
       pca_sigma=0.1,
       eigval=(0.2175, 0.0188, 0.0045),
       eigvec=((-0.5675, 0.7192, 0.4009),
@@ -102,6 +113,7 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
       pool_window=variants.choose('pool', v['pool'], {'3x3': 3, '2x2': 2}),
       pool_stride=2,
       dropout_rate=0.5,
+      dropout_position=arch['dropout_position'],  # after (paper) | before fc6, fc7
       initialization=variants.choose('init', init, ('paper', 'modern')),
       dtype=variants.choose('dtype', v['dtype'], ('float32', 'bfloat16')),
   ))

@@ -136,7 +136,7 @@ class TrainIterator(Iterator[Batch]):
     self._lookahead = lookahead
     self._seed = seed
     self._source = sources.get_source(data)
-    self._norm = statistics.normalization(data)
+    self._norm = statistics.normalization(data, self._source)
     self.batches_per_epoch = batches_per_epoch(self._source, data.train_split,
                                                batch_size)
     if self.batches_per_epoch < 1:
@@ -281,7 +281,7 @@ def eval_batches(data: ml_collections.ConfigDict, *, batch_size: int,
   _check_sizes(data)
   source = sources.get_source(data)
   size = data.image_size
-  shift = _eval_shift(statistics.normalization(data), size, ten_crop)
+  shift = _eval_shift(statistics.normalization(data, source), size, ten_crop)
 
   def preprocess(example):
     # The whole square, then the crops: exactly the paper's view, where a

@@ -6,9 +6,10 @@ Two layouts are accepted:
   ROOT/<class>/*.jpg        with `val_fraction` of each class held out
 
 Classes are the sorted sub-folder names (over both splits), so label k is the
-k-th name. Any format tf.io.decode_image reads works (JPEG, PNG, GIF, BMP,
-grayscale, CMYK), whatever the file's extension says; files are read as raw
-bytes and decoded by the input pipeline.
+k-th name; hidden folders (.name) are not classes. Any format
+tf.io.decode_image reads works (JPEG, PNG, GIF, BMP, grayscale, CMYK),
+whatever the file's extension says; files are read as raw bytes and decoded
+by the input pipeline.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def _images_by_class(directory: str) -> dict[str, list[str]]:
   result = {}
   for name in sorted(os.listdir(directory)):
     class_dir = os.path.join(directory, name)
-    if os.path.isdir(class_dir):
+    # Hidden folders (the statistics' cache, .ipynb_checkpoints) are no class.
+    if os.path.isdir(class_dir) and not name.startswith('.'):
       result[name] = sorted(
           os.path.join(class_dir, f) for f in os.listdir(class_dir)
           if f.lower().endswith(_EXTENSIONS))

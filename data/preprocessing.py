@@ -156,10 +156,19 @@ def lighting_offset(alpha: np.ndarray, eigval: np.ndarray,
   """The paper's PCA lighting (section 4.1), sum_i alpha_i l_i p_i, in 0-255
   pixel units.
 
-  `alpha` is (..., 3); eigval and eigvec describe pixels scaled to [0, 1],
-  hence the 255.
+  `alpha` is (..., 3); eigval (variances) and eigvec are those of the
+  covariance of pixels scaled to [0, 1], the units the paper's formula is
+  applied in here, hence the 255.
   """
   return 255.0 * (alpha * eigval) @ np.transpose(eigvec)
+
+
+def lighting_std(eigval: np.ndarray, eigvec: np.ndarray,
+                 sigma: float) -> np.ndarray:
+  """The standard deviation per channel, in 0-255 pixels, of
+  lighting_offset with alpha_i ~ N(0, sigma): 255 sigma sqrt(sum_i
+  l_i^2 p_ci^2)."""
+  return 255.0 * sigma * np.sqrt(np.square(eigvec) @ np.square(eigval))
 
 
 def skip_undecodable(ds: tf.data.Dataset,

@@ -1,34 +1,61 @@
 """Normalisation: the mean to subtract, PCA lighting's basis, and --mode=stats.
 
-`--mode=stats` computes over the training split, seen as the paper stored
-it (the central square with its side scaled to data.resize_size),
+The statistics of the training split, seen as the paper stored it (the
+central square with its side scaled to data.resize_size):
 
   mean_image  (resize_size, resize_size, 3), 0-255: the paper's per-pixel mean
+      (section 2)
   mean_rgb, std_rgb  (3,), 0-255: per-channel mean and standard deviation
   eigval, eigvec  (3,), (3, 3): the eigenvalues (descending) and eigenvectors
-      (columns) of the 3x3 covariance of RGB pixels scaled to [0, 1], the
-      units of PCA lighting's data.eigval and data.eigvec
-  num_images
+      (columns) of the 3x3 covariance of RGB pixels scaled to [0, 1]: the
+      paper's lambda_i (section 4.1), variances, in the convention of the
+      config's data.eigval and data.eigvec
+  num_images  the images they average (undecodable ones are skipped)
 
-and writes them to data.stats_file (NumPy .npz), which training then reads.
+and what they describe, checked whenever they are read: `dataset`, `split`,
+`resize_size` and `num_examples` (the split's size).
+
+With data.mean_image (the paper's config) and no data.stats_file, they are
+cached beside the data (`cache_path`): the first run that needs them
+computes them, later runs read them, and a stale or unreadable cache is
+recomputed with a warning. `--mode=stats` computes them explicitly, into
+data.stats_file when it is set. On several processes each sums the moments
+of its own shard, the sums are added over all processes (the same numbers as
+one process over the whole split, up to float rounding), and process 0
+writes the file while the others wait for it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import tempfile
+import time
+import urllib.parse
+import zipfile
 
+import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
+from jax.experimental import multihost_utils
 
 import run_files
 from data import preprocessing, sources
 
 STATS_KEYS = ('mean_image', 'mean_rgb', 'std_rgb', 'eigval', 'eigvec',
               'num_images')
+RECORD_KEYS = ('dataset', 'split', 'resize_size', 'num_examples')
+# The cache's folder inside the TFDS dataset's folder, the image folder or
+# the prepared copy; hidden, so that it is never taken for a class.
+CACHE_DIR = '.statistics'
 _BATCH = 32
+_PROGRESS_SECONDS = 60.0
+# The warnings about a data.stats_file of other data given so far.
+_WARNED: set[str] = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,45 +70,158 @@ class Normalization:
   eigvec: np.ndarray   # (3, 3), eigenvectors as columns
 
 
+def cache_path(data: ml_collections.ConfigDict) -> str:
+  """Where the statistics of data.train_split at data.resize_size are
+  cached: in a .statistics folder of the prepared copy, the image folder or
+  the TFDS dataset's (versioned) folder."""
+  base = (data.prepared_dir or data.image_folder or
+          os.fspath(sources.get_builder(data).data_dir))
+  split = urllib.parse.quote(data.train_split, safe='')
+  return os.path.join(base, CACHE_DIR, f'{split}_{data.resize_size}.npz')
+
+
+def _record(data: ml_collections.ConfigDict,
+            source: sources.Source) -> dict[str, str | int]:
+  """What statistics for this config must describe. An image folder's or
+  prepared copy's cache lives inside it, so a moved folder keeps it."""
+  if data.prepared_dir:
+    dataset = 'prepared copy'
+  elif data.image_folder:
+    dataset = f'image folder, val_fraction={data.val_fraction}'
+  else:
+    dataset = sources.get_builder(data).info.full_name
+  return dict(dataset=dataset, split=data.train_split,
+              resize_size=int(data.resize_size),
+              num_examples=int(source.num_examples(data.train_split)))
+
+
+def _differences(stats: dict[str, np.ndarray],
+                 expected: dict[str, str | int]) -> list[str]:
+  return [f'{k} {stats[k].item()!r}, not {expected[k]!r}'
+          for k in RECORD_KEYS if stats[k].item() != expected[k]]
+
+
+def _read(path: str) -> dict[str, np.ndarray]:
+  with np.load(path) as f:
+    missing = [k for k in STATS_KEYS + RECORD_KEYS if k not in f.files]
+    if missing:
+      raise ValueError(f'it lacks {missing}')
+    stats = {k: f[k] for k in STATS_KEYS + RECORD_KEYS}
+  shapes = {'mean_image': (int(stats['resize_size']),) * 2 + (3,),
+            'eigval': (3,), 'eigvec': (3, 3)}
+  for key, shape in shapes.items():
+    if stats[key].shape != shape or not np.all(np.isfinite(stats[key])):
+      raise ValueError(f'its {key} is not {shape} finite numbers')
+  return stats
+
+
 def load_stats(path: str) -> dict[str, np.ndarray]:
-  """Reads a file written by `--mode=stats`."""
+  """Reads a file written by `--mode=stats`: STATS_KEYS and RECORD_KEYS."""
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f'Stats file {path!r} does not exist; write it with --mode=stats '
-        '(same data config), or unset data.stats_file.')
-  with np.load(path) as f:
-    missing = set(STATS_KEYS) - set(f.files)
-    if missing:
-      raise ValueError(f'{path!r} lacks {sorted(missing)}; rewrite it with '
-                       '--mode=stats.')
-    return {k: f[k] for k in STATS_KEYS}
+        '(same data config), or unset data.stats_file to use the statistics '
+        'cached beside the data.')
+  try:
+    return _read(path)
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f'Stats file {path!r} is unreadable ({e}); rewrite it '
+                     'with --mode=stats.') from e
 
 
-def normalization(data: ml_collections.ConfigDict) -> Normalization:
-  """The config's normalisation; a stats file replaces mean and PCA."""
-  mean = np.float32(data.mean_rgb)
-  eigval, eigvec = np.float32(data.eigval), np.float32(data.eigvec)
-  if data.stats_file:
-    stats = load_stats(data.stats_file)
-    mean, eigval, eigvec = stats['mean_rgb'], stats['eigval'], stats['eigvec']
-    if data.mean_image:
-      mean = stats['mean_image']
-      if mean.shape != (data.resize_size, data.resize_size, 3):
-        raise ValueError(
-            f'The mean image in {data.stats_file!r} is {mean.shape[:2]}, but '
-            f'data.resize_size is {data.resize_size}; recompute it with '
-            '--mode=stats at this resize_size.')
-  elif data.mean_image:
-    raise ValueError('data.mean_image=True needs the per-pixel mean of a stats '
-                     'file: run --mode=stats and set data.stats_file.')
-  return Normalization(mean=np.float32(mean), eigval=np.float32(eigval),
-                       eigvec=np.float32(eigvec))
+def _any_process(flag: bool) -> bool:
+  """Whether `flag` is set on any process (all processes must call this)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.int32([flag]))))
 
 
-def compute(data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """The statistics of this process's shard of data.train_split."""
+def _cache_problem(path: str, expected: dict[str, str | int]
+                   ) -> tuple[dict[str, np.ndarray] | None, str | None]:
+  """The statistics in `path` if they fit `expected`, else None and why
+  (None when there is no file)."""
+  try:
+    stats = _read(path)
+  except FileNotFoundError:
+    return None, None
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    return None, f'unreadable ({e})'
+  differences = _differences(stats, expected)
+  if differences:
+    return None, f'stale: they describe {"; ".join(differences)}'
+  return stats, None
+
+
+def cached(data: ml_collections.ConfigDict,
+           source: sources.Source | None = None) -> dict[str, np.ndarray]:
+  """The statistics cached beside the data, computed first if they are
+  missing, stale or unreadable (all processes must call this together)."""
+  source = source or sources.get_source(data)
+  path = cache_path(data)
+  expected = _record(data, source)
+  stats, problem = _cache_problem(path, expected)
+  if problem:
+    logging.warning('The statistics in %s are %s; recomputing them.', path,
+                    problem)
+  elif stats is None:
+    logging.info('No statistics of %s at %dx%d in %s yet: computing them once '
+                 '(later runs read them).', sources.source_name(data),
+                 data.resize_size, data.resize_size, path)
+  if not _any_process(stats is None):
+    return stats
+  return _compute_and_write(data, path, source, expected)
+
+
+def _user_file(data: ml_collections.ConfigDict,
+               source: sources.Source) -> dict[str, np.ndarray]:
+  """data.stats_file, checked against the config: the mean image must fit
+  resize_size; statistics of other data are used, with a warning, since
+  borrowing them can be deliberate."""
+  stats = load_stats(data.stats_file)
+  if data.mean_image and stats['mean_image'].shape[0] != data.resize_size:
+    raise ValueError(
+        f'The mean image in {data.stats_file!r} is '
+        f'{stats["mean_image"].shape[:2]}, but data.resize_size is '
+        f'{data.resize_size}; recompute it with --mode=stats at this '
+        'resize_size.')
+  differences = _differences(stats, _record(data, source))
+  message = (f'{data.stats_file} describes {"; ".join(differences)}; using it '
+             'as data.stats_file says.')
+  if differences and message not in _WARNED:  # once, not at every evaluation
+    _WARNED.add(message)
+    logging.warning(message)
+  return stats
+
+
+def normalization(data: ml_collections.ConfigDict,
+                  source: sources.Source | None = None) -> Normalization:
+  """The config's normalisation: with data.stats_file, its statistics;
+  else with data.mean_image, the cached ones (`cached`); else data.mean_rgb,
+  data.eigval and data.eigvec. Statistics supply the mean image (or the
+  per-channel mean without data.mean_image) and PCA lighting's basis.
+  `source` is the configured one, where the caller has it."""
+  if not (data.stats_file or data.mean_image):
+    return Normalization(mean=np.float32(data.mean_rgb),
+                         eigval=np.float32(data.eigval),
+                         eigvec=np.float32(data.eigvec))
+  source = source or sources.get_source(data)
+  stats = (_user_file(data, source) if data.stats_file
+           else cached(data, source))
+  logging.log_first_n(
+      logging.INFO, 'Normalisation: the %s and the PCA lighting basis of the '
+      'statistics of %d images (not data.mean_rgb, eigval, eigvec).', 1,
+      'mean image' if data.mean_image else 'per-channel mean',
+      int(stats['num_images']))
+  return Normalization(
+      mean=np.float32(stats['mean_image' if data.mean_image else 'mean_rgb']),
+      eigval=np.float32(stats['eigval']), eigvec=np.float32(stats['eigvec']))
+
+
+def _shard_sums(data: ml_collections.ConfigDict,
+                source: sources.Source) -> np.ndarray:
+  """This process's shard's sums of images, pixels and pixel outer products
+  ([0, 1] units), and its image count, flattened into one float64 vector."""
   size = data.resize_size
-  source = sources.get_source(data)
 
   def moments(example):
     image = preprocessing.decode_central_square(
@@ -100,21 +240,56 @@ def compute(data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   pixel_sum = np.zeros(3, np.float64)
   outer_sum = np.zeros((3, 3), np.float64)
   count = 0
+  total = math.ceil(source.num_examples(data.train_split) / jax.process_count())
+  logging.info('Statistics: reading %d images of %s at %dx%d (progress every '
+               '%.0f s).', total, sources.source_name(data), size, size,
+               _PROGRESS_SECONDS)
+  start = last_log = time.monotonic()
   for batch in preprocessing.explain_errors(tfds.as_numpy(ds)):
     image_sum += batch['image'].sum(axis=0, dtype=np.float64)
     pixel_sum += batch['sum'].sum(axis=0)
     outer_sum += batch['outer'].sum(axis=0)
     count += len(batch['image'])
-  if not count:
-    raise ValueError(f'The {data.train_split!r} split yielded no images.')
+    now = time.monotonic()
+    if now - last_log >= _PROGRESS_SECONDS:
+      last_log, rate = now, count / (now - start)
+      logging.info('Statistics: %d of %d images (%.0f%%), %.0f images/s, about '
+                   '%.0f min left.', count, total, 100 * count / total, rate,
+                   max(total - count, 0) / rate / 60)
+  logging.info('Statistics: %d images read in %.0f s.', count,
+               time.monotonic() - start)
+  return np.concatenate([image_sum.ravel(), pixel_sum, outer_sum.ravel(),
+                         [count]])
 
+
+def _sum_over_processes(sums: np.ndarray) -> np.ndarray:
+  """Adds a float64 vector over processes, in process order. Its bytes
+  travel as uint32, since JAX computes in 32 bits unless x64 is on."""
+  if jax.process_count() == 1:
+    return sums
+  gathered = multihost_utils.process_allgather(sums.view(np.uint32))
+  return np.ascontiguousarray(gathered).view(np.float64).sum(axis=0)
+
+
+def compute(data: ml_collections.ConfigDict,
+            source: sources.Source | None = None) -> dict[str, np.ndarray]:
+  """STATS_KEYS of data.train_split, over all processes' shards (all
+  processes must call this together)."""
+  size = data.resize_size
+  sums = _sum_over_processes(_shard_sums(data, source or sources.get_source(data)))
+  image_sum, pixel_sum, outer_sum, count = np.split(
+      sums, np.cumsum([size * size * 3, 3, 9]))
+  count = int(count[0])
+  if not count:
+    raise ValueError(f'The {data.train_split!r} split of '
+                     f'{sources.source_name(data)!r} yielded no images.')
   num_pixels = count * size * size
   mean = pixel_sum / num_pixels
-  covariance = outer_sum / num_pixels - np.outer(mean, mean)
+  covariance = outer_sum.reshape(3, 3) / num_pixels - np.outer(mean, mean)
   eigval, eigvec = np.linalg.eigh(covariance)
   order = np.argsort(eigval)[::-1]
   return dict(
-      mean_image=(image_sum / count).astype(np.float32),
+      mean_image=(image_sum.reshape(size, size, 3) / count).astype(np.float32),
       mean_rgb=(255 * mean).astype(np.float32),
       std_rgb=(255 * np.sqrt(np.diag(covariance))).astype(np.float32),
       eigval=eigval[order].astype(np.float32),
@@ -122,20 +297,66 @@ def compute(data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
       num_images=np.int64(count))
 
 
-def write(data: ml_collections.ConfigDict) -> str:
-  """Computes the statistics and writes them to data.stats_file; a summary."""
-  if not data.stats_file:
-    raise ValueError('Set --config.data.stats_file=PATH.npz: where --mode=stats '
-                     'writes, and where training then reads.')
-  stats = compute(data)
-  os.makedirs(os.path.dirname(os.path.abspath(data.stats_file)), exist_ok=True)
-  with run_files.atomic_write(data.stats_file, 'wb') as f:
+def _save(path: str, stats: dict[str, np.ndarray]) -> None:
+  with run_files.atomic_write(path, 'wb') as f:
     np.savez(f, **stats)
+
+
+def _check_writable(path: str) -> None:
+  """Fails on every process, before any work, if a process cannot write
+  the folder of `path`."""
+  directory = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.TemporaryFile(dir=directory):
+      error = None
+  except OSError as e:
+    error = e
+  if _any_process(error is not None):
+    raise PermissionError(
+        f'Cannot write the statistics to {path!r} '
+        f'({error or "another process cannot"}). Set '
+        '--config.data.stats_file=PATH.npz somewhere writable: --mode=stats '
+        'writes it there, and training with the same setting reads it.')
+
+
+def _compute_and_write(data: ml_collections.ConfigDict, path: str,
+                       source: sources.Source,
+                       record: dict[str, str | int]) -> dict[str, np.ndarray]:
+  """Computes the statistics with all processes; process 0 writes them to
+  `path` while the others wait, then a process whose `path` is on a disk of
+  its own writes its copy."""
+  _check_writable(path)
+  stats = {**compute(data, source), **record}
+  if jax.process_index() == 0:
+    _save(path, stats)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'statistics {path}')
+    if jax.process_index() > 0 and _cache_problem(path, record)[0] is None:
+      _save(path, stats)
+  logging.info('Wrote the statistics of %d images to %s.',
+               int(stats['num_images']), path)
+  return stats
+
+
+def write(data: ml_collections.ConfigDict) -> str:
+  """--mode=stats: computes the statistics and writes them to
+  data.stats_file, or to the cache beside the data when it is unset;
+  returns a summary."""
+  source = sources.get_source(data)
+  path = data.stats_file or cache_path(data)
+  stats = _compute_and_write(data, path, source, _record(data, source))
+  lighting = preprocessing.lighting_std(stats['eigval'], stats['eigvec'],
+                                        data.pca_sigma)
   np.set_printoptions(precision=4, suppress=True)
   return '\n'.join([
-      f'Statistics of {int(stats["num_images"])} training images at '
-      f'{data.resize_size}x{data.resize_size}, written to {data.stats_file}:',
+      f'Statistics of {int(stats["num_images"])} training images of '
+      f'{sources.source_name(data)} (split {data.train_split!r}) at '
+      f'{data.resize_size}x{data.resize_size}, written to {path}:',
       f'mean_rgb (0-255): {stats["mean_rgb"]}',
       f'std_rgb (0-255):  {stats["std_rgb"]}',
-      f'eigval ([0, 1] pixels): {stats["eigval"]}',
-      f'eigvec (columns):\n{stats["eigvec"]}'])
+      f'eigval (variances along the principal axes, [0, 1] pixels): '
+      f'{stats["eigval"]}',
+      f'eigvec (columns):\n{stats["eigvec"]}',
+      f'PCA lighting at data.pca_sigma={data.pca_sigma}: colour shift std per '
+      f'channel (0-255): {lighting}'])

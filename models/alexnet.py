@@ -1,8 +1,9 @@
 """AlexNet (Krizhevsky, Sutskever and Hinton, 2012), layer by layer as in the paper.
 
 conv1 -> LRN -> max-pool -> conv2 -> LRN -> max-pool -> conv3 -> conv4 -> conv5
--> max-pool -> fc6 -> fc7 -> fc8, ReLU after every layer but fc8, dropout after
-fc6 and fc7. With two towers, conv2, conv4 and conv5 see only their own tower's
+-> max-pool -> fc6 -> fc7 -> fc8, ReLU after every layer but fc8, dropout on
+fc6's and fc7's outputs (the paper's section 4.2) or, as torchvision places it,
+on their inputs (`dropout_position`). With two towers, conv2, conv4 and conv5 see only their own tower's
 maps; conv3 and the fully connected layers see both.
 """
 
@@ -53,6 +54,7 @@ class AlexNet(nn.Module):
   pool_window: int = 3                 # 3 with stride 2: overlapping pooling
   pool_stride: int = 2
   dropout_rate: float = 0.5
+  dropout_position: str = 'after'      # after fc6 and fc7 (paper) | before them (torchvision)
   initialization: str = 'paper'        # paper | modern
   dtype: str = 'float32'               # compute dtype; parameters stay float32
 
@@ -97,6 +99,8 @@ class AlexNet(nn.Module):
              train: bool) -> jax.Array:
     kernel_init, bias_init = _initializers(self.initialization, name, towers=False)
     is_output = name == 'fc8'
+    if not is_output:
+      x = self._dropout(name, x, train, 'before')
     x = nn.Dense(
         features, dtype=self.dtype, name=name,
         kernel_init=nn.with_logical_partitioning(
@@ -107,6 +111,16 @@ class AlexNet(nn.Module):
       return x
     x = nn.relu(x)
     x = nn.with_logical_constraint(x, ('fc_batch', 'fc_out'))
+    return self._dropout(name, x, train, 'after')
+
+  def _dropout(self, name: str, x: jax.Array, train: bool,
+               where: str) -> jax.Array:
+    """Dropout of fc6's or fc7's input or output, where dropout_position says."""
+    if self.dropout_position not in ('after', 'before'):
+      raise ValueError(f'Unknown dropout_position {self.dropout_position!r}: '
+                       "use 'after' (the paper) or 'before' (torchvision).")
+    if where != self.dropout_position:
+      return x
     return nn.Dropout(self.dropout_rate, deterministic=not train,
                       name=f'dropout{name[2:]}')(x)
 

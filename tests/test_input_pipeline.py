@@ -24,7 +24,7 @@ STD = (60.0, 50.0, 40.0)
 
 
 def _data_config(data_dir, **overrides) -> ml_collections.ConfigDict:
-  data = alexnet.get_config().data
+  data = alexnet.get_config('mean=channel').data
   data.name = 'demo_shapes/tiny'
   data.data_dir = str(data_dir)
   data.resize_size = 80

@@ -168,3 +168,56 @@ def test_ablations_run(arg):
                           rngs={'dropout': jax.random.PRNGKey(1)})
   assert logits.shape == (2, 7)
   assert np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize('arch, expected', [
+    ('paper', ['fc6', 'dropout6', 'fc7', 'dropout7', 'fc8']),
+    # torchvision.models.AlexNet's classifier: Dropout, Linear, ReLU, Dropout,
+    # Linear, ReLU, Linear.
+    ('owt', ['dropout6', 'fc6', 'dropout7', 'fc7', 'fc8'])])
+def test_dropout_placement(arch, expected):
+  config = alexnet_config.get_config(f'arch={arch},size=tiny')
+  config.model.num_classes = 7
+  model = AlexNet(**config.model)
+  # The shapes of test_ablations_run, whose compiled operations it reuses.
+  images = jnp.asarray(np.random.RandomState(0).rand(2, 99, 99, 3), jnp.float32)
+  variables = model.init(jax.random.PRNGKey(0), images)
+  order, calls = [], {}
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == '__call__' and len(context.module.path) == 1:
+      order.append(context.module.name)
+      calls[context.module.name] = (np.asarray(args[0]), np.asarray(out))
+    return out
+
+  with nn.intercept_methods(record):
+    model.apply(variables, images, train=True,
+                rngs={'dropout': jax.random.PRNGKey(1)})
+  assert [name for name in order if name[:2] in ('fc', 'dr')] == expected
+  fc7_relu = np.maximum(calls['fc7'][1], 0)
+  fc8_input = calls['fc8'][0]
+  # Tower-major, as the model flattens.
+  pool5 = np.moveaxis(calls['pool5'][1], 0, 1).reshape(2, -1)
+  # Whichever activations are dropped lose about half their nonzero values,
+  # and the survivors are scaled by 1 / (1 - 0.5).
+  for name in ('dropout6', 'dropout7'):
+    kept, dropped = calls[name][0], calls[name][1]
+    nonzero = kept != 0
+    assert 0.3 < np.mean(dropped[nonzero] == 0) < 0.7, name
+    np.testing.assert_allclose(dropped[dropped != 0], 2 * kept[dropped != 0],
+                               rtol=1e-6)
+  if arch == 'paper':
+    # fc7's output is dropped on its way to fc8; fc6 sees pool5 whole.
+    np.testing.assert_array_equal(calls['fc7'][0], calls['dropout6'][1])
+    np.testing.assert_array_equal(calls['dropout7'][0], fc7_relu)
+    np.testing.assert_array_equal(fc8_input, calls['dropout7'][1])
+    np.testing.assert_array_equal(calls['fc6'][0], pool5)
+  else:
+    # pool5 is dropped on its way to fc6, fc6's output on its way to fc7;
+    # fc8 sees fc7's output whole.
+    np.testing.assert_array_equal(calls['dropout6'][0], pool5)
+    np.testing.assert_array_equal(calls['fc6'][0], calls['dropout6'][1])
+    np.testing.assert_array_equal(calls['dropout7'][0],
+                                  np.maximum(calls['fc6'][1], 0))
+    np.testing.assert_array_equal(fc8_input, fc7_relu)
