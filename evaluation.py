@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 import jax
@@ -120,7 +120,8 @@ class Outputs:
   skipped: list[int]              # indices up to these that failed to load
 
 
-def outputs(chosen: Chosen, examples: tf.data.Dataset, load, count: int, *,
+def outputs(chosen: Chosen, examples: tf.data.Dataset,
+            load: Callable[[tf.Tensor], tf.Tensor], count: int, *,
             ten_crop: bool = False, resample: bool = True) -> Iterator[Outputs]:
   """predict_step over {'index': 0..count-1, 'image', ...} examples, in
   order, a batch at a time, with a progress bar; undecodable examples are
@@ -173,6 +174,7 @@ def input_paths(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def report_skipped(paths: list[str], skipped: list[int]) -> None:
+  """Logs each skipped input's path and why it could not be read."""
   for i in skipped:
     logging.error('Skipped %s: not readable as an image (%s).', paths[i],
                   preprocessing.why_unreadable(paths[i]))

@@ -153,7 +153,7 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
       ten_crop=False,       # the paper's 10-crop average instead of the centre crop
       neighbours=7,         # training images shown per query (Figure 4)
       # Search at most this many training images, evenly spaced (0: all);
-      # fc7 features cost 2 bytes a dimension an image (docs/figures.md).
+      # fc7 features cost 2 bytes a dimension an image (docs/using.md).
       neighbour_subset=0,
   ))
 

@@ -4,6 +4,10 @@ init_from restore."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +21,7 @@ from configs import alexnet
 from models import AlexNet
 from tools import convert_torchvision
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 224
 
 
@@ -112,7 +117,16 @@ def test_checkpoint_is_what_eval_predict_and_init_from_restore(tiny_torch_model,
   path, images, _, expected = tiny_torch_model
   config = _config('tiny')
   workdir = str(tmp_path / 'torchvision')
-  convert_torchvision.write(config, convert_torchvision.load_state_dict(path), workdir)
+  result = subprocess.run(
+      [sys.executable, '-m', 'tools.convert_torchvision',
+       '--config=configs/alexnet.py:arch=owt,size=tiny', f'--weights={path}',
+       f'--workdir={workdir}', '--config.batch_size=8', '--config.eval_batch_size=8',
+       f'--config.data.mean_rgb={config.data.mean_rgb}',
+       f'--config.data.std_rgb={config.data.std_rgb}'],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'as checkpoint 0 in' in result.stdout
 
   # --mode=eval and --mode=predict restore it as 'latest', with the pipeline's
   # own normalisation of uint8 pixels.

@@ -129,13 +129,6 @@ def write(config: ml_collections.ConfigDict, state_dict: Mapping[str, np.ndarray
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    'config', None, 'The config the checkpoint is for, e.g. '
-    'configs/alexnet.py:arch=owt; the same flags as the later --mode=eval.',
-    lock_config=True)
-flags.DEFINE_string('weights', None, 'A torchvision AlexNet state dict (.pth).')
-flags.DEFINE_string('workdir', None, 'A new workdir; the checkpoint is its step 0.')
-flags.mark_flags_as_required(['config', 'weights', 'workdir'])
 
 
 def main(argv: list[str]) -> None:
@@ -147,4 +140,13 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  # Defined here, not on import: main.py and tools/ablate.py define
+  # --config and --workdir too, and tests import these modules together.
+  config_flags.DEFINE_config_file(
+      'config', None, 'The config the checkpoint is for, e.g. '
+      'configs/alexnet.py:arch=owt; the same flags as the later --mode=eval.',
+      lock_config=True)
+  flags.DEFINE_string('weights', None, 'A torchvision AlexNet state dict (.pth).')
+  flags.DEFINE_string('workdir', None, 'A new workdir; the checkpoint is its step 0.')
+  flags.mark_flags_as_required(['config', 'weights', 'workdir'])
   app.run(main)
