@@ -1,14 +1,30 @@
-"""Evaluation: a state's errors on the evaluation split, and --mode=eval, a
-saved checkpoint's centre-crop and 10-crop errors."""
+"""Evaluation: a state's errors on the evaluation split; --mode=eval, a
+saved checkpoint's centre-crop and 10-crop errors; --mode=predict, its
+top classes for image files."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import TextIO
+
+import jax
 import ml_collections
+import numpy as np
+import tensorflow as tf
+import tqdm
+from absl import logging
 
 import checkpointing
 import input_pipeline
 import parallel
+from data import batching, image_folder, preprocessing, sources
 from trainer import Trainer, TrainState
+
+# --mode=predict's exit status when some inputs could not be read as images.
+EXIT_SKIPPED = 3
 
 # The paper's test averages the softmax over ten crops (corners, centre and
 # their mirror images); the centre crop alone is the common cheaper number.
@@ -58,21 +74,148 @@ def _choose_step(which: str, checkpoints: checkpointing.Checkpoints) -> int:
                    f'one of the saved steps {steps}.')
 
 
-def report(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Evaluates config.eval.checkpoint of `workdir`; returns a table."""
+@dataclasses.dataclass(frozen=True)
+class Chosen:
+  """The checkpoint config.eval.checkpoint names, restored."""
+  config: ml_collections.ConfigDict   # with the dataset's class count
+  trainer: Trainer
+  state: TrainState
+  step: int
+  description: str                    # 'Checkpoint STEP (WHICH) of DIR'
+
+
+def restore_chosen(config: ml_collections.ConfigDict, workdir: str) -> Chosen:
+  """Restores config.eval.checkpoint (latest, best or a step) of `workdir`."""
   config = input_pipeline.with_dataset_classes(config)
-  mesh = parallel.make_mesh(config.mesh)
-  trainer = Trainer(config, mesh)
+  trainer = Trainer(config, parallel.make_mesh(config.mesh))
   checkpoints = checkpointing.Checkpoints(workdir, config, read_only=True)
   step = _choose_step(str(config.eval.checkpoint), checkpoints)
   state = checkpoints.restore(trainer, step).state
   checkpoints.close()
+  return Chosen(config, trainer, state, step,
+                f'Checkpoint {step} ({config.eval.checkpoint}) of '
+                f'{checkpoints.directory}')
 
-  lines = [f'Checkpoint {step} ({config.eval.checkpoint}) of {checkpoints.directory}, '
-           f'split {config.data.eval_split!r}:',
+
+def report(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Evaluates config.eval.checkpoint of `workdir`; returns a table."""
+  chosen = restore_chosen(config, workdir)
+  config = chosen.config
+  lines = [f'{chosen.description}, split {config.data.eval_split!r}:',
            f'{"crop":<12}{"top-1 error":>13}{"top-5 error":>13}{"examples":>10}']
   for name, ten_crop in CROPS:
-    errors = evaluate(trainer, state, config, ten_crop=ten_crop)
+    errors = evaluate(chosen.trainer, chosen.state, config, ten_crop=ten_crop)
     lines.append(f'{name:<12}{errors["top1_error"]:>13.4f}'
                  f'{errors["top5_error"]:>13.4f}{errors["examples"]:>10,}')
   return '\n'.join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+  """predict_step's outputs for some examples, and those left out."""
+  index: np.ndarray               # (n,) the examples' indices
+  # 'probabilities', 'fc7', the crops ('image') and the examples' other
+  # keys ('label'), (n, ...) each.
+  values: dict[str, np.ndarray]
+  skipped: list[int]              # indices up to these that failed to load
+
+
+def outputs(chosen: Chosen, examples: tf.data.Dataset,
+            load: Callable[[tf.Tensor], tf.Tensor], count: int, *,
+            ten_crop: bool = False, resample: bool = True) -> Iterator[Outputs]:
+  """predict_step over {'index': 0..count-1, 'image', ...} examples, in
+  order, a batch at a time, with a progress bar; undecodable examples are
+  reported in `skipped` (batching.indexed_views)."""
+  if jax.process_count() > 1:
+    raise ValueError('Predictions and figures run as one process; start '
+                     'this mode without --num_processes.')
+  config = chosen.config
+  batches = batching.indexed_views(
+      config.data, examples, load, ten_crop=ten_crop, resample=resample,
+      batch_size=parallel.process_batch_size(config.eval_batch_size))
+  expected = 0
+  with tqdm.tqdm(total=count, unit='img', file=sys.stderr) as progress:
+    for batch in batches:
+      valid = batch['index'] >= 0
+      index = batch['index'][valid]
+      values = {**chosen.trainer.predict(chosen.state, batch),
+                **{k: v for k, v in batch.items() if k not in ('index', 'shift')}}
+      values = {k: v[valid] for k, v in values.items()}
+      # A batch holds at least one example: failures are dropped before
+      # batching, and leave gaps in the indices.
+      missing = np.setdiff1d(np.arange(expected, index[-1] + 1), index)
+      yield Outputs(index, values, [int(i) for i in missing])
+      expected = int(index[-1]) + 1
+      progress.update(expected - progress.n)
+    progress.update(count - progress.n)
+    if expected < count:
+      yield Outputs(np.zeros(0, np.int64), {}, list(range(expected, count)))
+
+
+def file_outputs(chosen: Chosen, paths: list[str], *,
+                 ten_crop: bool = False) -> Iterator[Outputs]:
+  """`outputs` of image files; their indices are into `paths`."""
+  examples = tf.data.Dataset.from_tensor_slices(
+      {'index': np.arange(len(paths), dtype=np.int64), 'image': paths})
+  return outputs(chosen, examples, tf.io.read_file, len(paths), ten_crop=ten_crop)
+
+
+def input_paths(config: ml_collections.ConfigDict) -> list[str]:
+  """config.predict.inputs' files, and the images under its folders."""
+  inputs = config.predict.inputs
+  if not inputs:
+    raise ValueError('Set --config.predict.inputs=PATH[,PATH...]: image files '
+                     'or folders of them (searched recursively).')
+  paths = image_folder.find_images(inputs.split(','))
+  if not paths:
+    raise ValueError(f'No image files in --config.predict.inputs={inputs!r} '
+                     '(folders are searched for .jpg, .jpeg, .png, .bmp, .gif).')
+  return paths
+
+
+def report_skipped(paths: list[str], skipped: list[int]) -> None:
+  """Logs each skipped input's path and why it could not be read."""
+  for i in skipped:
+    logging.error('Skipped %s: not readable as an image (%s).', paths[i],
+                  preprocessing.why_unreadable(paths[i]))
+
+
+def predict(config: ml_collections.ConfigDict, workdir: str,
+            out: TextIO = sys.stdout) -> list[str]:
+  """Writes the top config.predict.top_k classes of each of
+  config.predict.inputs to `out`, as text or JSON lines
+  (config.predict.format); returns the paths skipped as unreadable."""
+  if config.predict.format not in ('text', 'json'):
+    raise ValueError(f'--config.predict.format={config.predict.format!r}: '
+                     "use 'text' or 'json'.")
+  paths = input_paths(config)
+  chosen = restore_chosen(config, workdir)
+  names = sources.class_names(chosen.config.data)
+  logging.info('%s: predicting %d images.', chosen.description, len(paths))
+  skipped = []
+  for batch in file_outputs(chosen, paths, ten_crop=config.predict.ten_crop):
+    report_skipped(paths, batch.skipped)
+    skipped += batch.skipped
+    probabilities = batch.values.get('probabilities', ())
+    for i, p in zip(batch.index, probabilities):
+      top = np.argsort(-p, kind='stable')[:config.predict.top_k]
+      if config.predict.format == 'json':
+        out.write(json.dumps({'path': paths[i], 'predictions': [
+            {'label': int(k), 'name': names[k], 'probability': float(p[k])}
+            for k in top]}) + '\n')
+      else:
+        out.write(paths[i] + '\n' + ''.join(
+            f'  {p[k]:.4f}  {names[k]}\n' for k in top))
+    out.flush()
+  return [paths[i] for i in skipped]
+
+
+def predict_report(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """--mode=predict: `predict` to stdout; exits with EXIT_SKIPPED when some
+  inputs could not be read."""
+  skipped = predict(config, workdir)
+  if skipped:
+    logging.error('%d input(s) could not be read as images and were skipped '
+                  '(listed above); exiting with status %d.', len(skipped),
+                  EXIT_SKIPPED)
+    sys.exit(EXIT_SKIPPED)

@@ -18,7 +18,7 @@ import evaluation
 import parallel
 import train
 from data import prepare, statistics
-from tools import benchmark, benchmark_input, comm_report, summary
+from tools import benchmark, benchmark_input, comm_report, figures, summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +35,17 @@ MODES = {
     'eval': Mode(evaluation.report, needs_workdir=True,
                  help='top-1/top-5 errors of a saved checkpoint '
                       '(config.eval.checkpoint), centre crop and 10-crop'),
+    'predict': Mode(evaluation.predict_report, needs_workdir=True,
+                    help='the top classes of config.predict.inputs (image files '
+                         'or folders) by a saved checkpoint, as text or JSON '
+                         'lines'),
+    'filters': Mode(figures.filters, needs_workdir=True,
+                    help="a checkpoint's conv1 kernels as a PNG grid and each "
+                         "tower's colourfulness (the paper's Figure 3)"),
+    'neighbours': Mode(figures.neighbours, needs_workdir=True,
+                       help='the training images nearest in fc7 to each of '
+                            "config.predict.inputs, as a PNG grid (the paper's "
+                            'Figure 4)'),
     'summary': Mode(lambda config, _: summary.report(config),
                     help="every layer's output shape, parameters and FLOPs"),
     'benchmark': Mode(lambda config, _: benchmark.report(config),

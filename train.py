@@ -17,6 +17,7 @@ import evaluation
 import input_pipeline
 import parallel
 import run_files
+from tools import figures
 from trainer import Trainer, TrainMetrics
 
 
@@ -150,6 +151,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             train_seconds=time.perf_counter() - start)
         writer.write_scalars(step + 1, {k: v for k, v in results.items()
                                         if k.startswith('val_')})
+        # The paper's Figure 3 as it develops (every process gathers).
+        writer.write_images(step + 1, {'conv1_kernels': figures.filter_grid(
+            figures.conv1_kernels(state.params))[None]})
         if jax.process_index() == 0:
           run_files.write_results(workdir, results)
         # Reset the interval so evaluation time does not count as training time.

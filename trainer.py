@@ -20,6 +20,7 @@ from optax.contrib import ReduceLROnPlateauState
 import lr_schedule
 import parallel
 from models import AlexNet
+from models.alexnet import RELU_LAYERS, relu_output
 
 
 @flax.struct.dataclass
@@ -38,8 +39,13 @@ _ERRORS = dict(
     top1_error=metrics.Average.from_output('top1_error'),
     top5_error=metrics.Average.from_output('top5_error'))
 EvalMetrics = metrics.Collection.create(**_ERRORS)
+# The share of each ReLU's outputs that are zero: the sparsity the paper
+# credits ReLUs with (section 3.1), per layer.
+_RELU_ZEROS = {f'relu_zeros_{layer}': metrics.Average.from_output(f'relu_zeros_{layer}')
+               for layer in RELU_LAYERS}
 TrainMetrics = metrics.Collection.create(
-    **_ERRORS, learning_rate=metrics.LastValue.from_output('learning_rate'))
+    **_ERRORS, learning_rate=metrics.LastValue.from_output('learning_rate'),
+    **_RELU_ZEROS)
 
 
 def paper_sgd(learning_rate: float, momentum: float,
@@ -72,6 +78,14 @@ def classification_outputs(logits: jax.Array, labels: jax.Array) -> dict[str, ja
       loss=optax.softmax_cross_entropy_with_integer_labels(logits, labels),
       top1_error=(rank >= 1).astype(jnp.float32),
       top5_error=(rank >= 5).astype(jnp.float32))
+
+
+def relu_zero_fractions(intermediates: dict[str, Any]) -> dict[str, jax.Array]:
+  """'relu_zeros_<layer>': the fraction of the layer's ReLU outputs that are
+  exactly zero, from the model's sown 'intermediates'."""
+  return {f'relu_zeros_{layer}': jnp.mean(
+      (intermediates[relu_output(layer)][0] == 0).astype(jnp.float32))
+          for layer in RELU_LAYERS}
 
 
 def standardize(batch: dict[str, jax.Array], std: tuple[float, ...]) -> jax.Array:
@@ -117,8 +131,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   def loss_fn(params):
     logits, updates = model.apply(
         _variables(state, params), images, train=True,
-        rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
-    outputs = classification_outputs(logits, batch['label'])
+        rngs={'dropout': dropout_rng}, mutable=['batch_stats', 'intermediates'])
+    outputs = {**classification_outputs(logits, batch['label']),
+               **relu_zero_fractions(updates['intermediates'])}
     return outputs['loss'].mean(), (outputs, updates)
 
   grads, (outputs, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -134,24 +149,50 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   return new_state, TrainMetrics.single_from_model_output(learning_rate=lr, **outputs)
 
 
+def _forward(state: TrainState, images: jax.Array, model: nn.Module, *,
+             fc7: bool = False) -> tuple[jax.Array, jax.Array | None]:
+  """Logits of (N, H, W, C) images, or of (N, crops, H, W, C) crops, and
+  with `fc7` that layer's ReLU output (averaged over the crops), else None.
+
+  The paper's test averages the crops' softmax; log of that mean, taken
+  stably, stands in for the logits.
+  """
+  crops = images.shape[1] if images.ndim == 5 else 0
+  flat = images.reshape(-1, *images.shape[-3:])
+  variables = _variables(state, state.params)
+  features = None
+  if fc7:
+    logits, captured = model.apply(variables, flat, train=False,
+                                   mutable=['intermediates'])
+    features = captured['intermediates'][relu_output('fc7')][0]
+  else:
+    logits = model.apply(variables, flat, train=False)
+  if crops:
+    log_probs = jax.nn.log_softmax(logits).reshape(-1, crops, logits.shape[-1])
+    logits = jax.nn.logsumexp(log_probs, axis=1) - jnp.log(crops)
+    if fc7:
+      features = features.reshape(-1, crops, features.shape[-1]).mean(axis=1)
+  return logits, features
+
+
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
               model: nn.Module, std: tuple[float, ...]) -> EvalMetrics:
-  images = standardize(batch, std)
-  if images.ndim == 5:
-    # (batch, crops, H, W, C): the paper's test averages the crops' softmax;
-    # log of that mean, taken stably, stands in for the logits.
-    logits = model.apply(_variables(state, state.params),
-                         images.reshape(-1, *images.shape[2:]), train=False)
-    log_probs = jax.nn.log_softmax(logits).reshape(*images.shape[:2], -1)
-    logits = jax.nn.logsumexp(log_probs, axis=1) - jnp.log(images.shape[1])
-  else:
-    logits = model.apply(_variables(state, state.params), images, train=False)
+  logits, _ = _forward(state, standardize(batch, std), model)
   return EvalMetrics.single_from_model_output(
       mask=batch['mask'], **classification_outputs(logits, batch['label']))
 
 
+def predict_step(state: TrainState, batch: dict[str, jax.Array], *,
+                 model: nn.Module, std: tuple[float, ...]) -> dict[str, jax.Array]:
+  """Class probabilities (averaged over the crops of a 10-crop batch) and
+  fc7's activations, the features of the paper's Figure 4."""
+  logits, fc7 = _forward(state, standardize(batch, std), model, fc7=True)
+  return {'probabilities': jax.nn.softmax(logits), 'fc7': fc7}
+
+
 _TRAIN_KEYS = frozenset({'image', 'shift', 'flip', 'label'})
 _EVAL_KEYS = frozenset({'image', 'shift', 'label', 'mask'})
+_PREDICT_KEYS = frozenset({'image', 'shift'})
 
 
 def _check_keys(batch: dict[str, np.ndarray], keys: frozenset[str]) -> None:
@@ -201,6 +242,10 @@ class Trainer:
         out_shardings=(self.state_sharding, replicated), donate_argnums=0)
     self._p_eval_step = jax.jit(
         functools.partial(eval_step, model=self.model, std=std),
+        in_shardings=(self.state_sharding, self.batch_sharding),
+        out_shardings=replicated)
+    self._p_predict_step = jax.jit(
+        functools.partial(predict_step, model=self.model, std=std),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=replicated)
 
@@ -262,6 +307,16 @@ class Trainer:
     if total is None:
       raise ValueError('The evaluation split yielded no batches.')
     return total
+
+  def predict(self, state: TrainState,
+              batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A batch's class probabilities and fc7 features (predict_step), of
+    its 'image' and 'shift' only, as NumPy arrays."""
+    _check_keys(batch, _PREDICT_KEYS)
+    batch = {k: batch[k] for k in _PREDICT_KEYS}
+    with self._context():
+      out = self._p_predict_step(state, parallel.global_batch(batch, self.batch_sharding))
+    return jax.device_get(out)
 
   def after_eval(self, state: TrainState, val_top1_error: float) -> TrainState:
     return state.replace(

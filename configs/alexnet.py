@@ -156,6 +156,18 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
   config.init_from = ml_collections.FieldReference(None, field_type=str)
   # --mode=eval evaluates this checkpoint: 'latest', 'best' or a step number.
   config.eval = ml_collections.ConfigDict(dict(checkpoint='latest'))
+  # --mode=predict classifies, and --mode=neighbours finds the nearest
+  # training images of, `inputs`: files or folders (recursively), comma-separated.
+  config.predict = ml_collections.ConfigDict(dict(
+      inputs=ml_collections.FieldReference(None, field_type=str),
+      format='text',        # text | json (one JSON object a line)
+      top_k=5,
+      ten_crop=False,       # the paper's 10-crop average instead of the centre crop
+      neighbours=7,         # training images shown per query (Figure 4)
+      # Search at most this many training images, evenly spaced (0: all);
+      # fc7 features cost 2 bytes a dimension an image (docs/using.md).
+      neighbour_subset=0,
+  ))
 
   parallel = variants.choose('parallel', v['parallel'], parallelism.STRATEGIES)
   # -1: all devices the other axis leaves.

@@ -266,6 +266,24 @@ def _eval_shift(norm: statistics.Normalization, size: int,
   return preprocessing.centre_crop(shift, size)
 
 
+def _eval_view(data: ml_collections.ConfigDict, shift: tf.Tensor, *,
+               ten_crop: bool, resample: bool) -> Callable[[tf.Tensor], Batch]:
+  """Encoded image -> {'image': its centre crop, or its ten crops, uint8;
+  'shift': `shift`}: what evaluation sees of it (section 4.1)."""
+  size = data.image_size
+
+  def view(encoded: tf.Tensor) -> dict[str, tf.Tensor]:
+    # The whole square, then the crops: exactly the paper's view, where a
+    # window decoded alone can fall up to half a source pixel off.
+    image = preprocessing.decode_central_square(encoded, data.resize_size,
+                                                resample=resample)
+    image = (preprocessing.ten_crops(image, size) if ten_crop
+             else preprocessing.centre_crop(image, size))
+    return {'image': image, 'shift': shift}
+
+  return view
+
+
 def eval_batches(data: ml_collections.ConfigDict, *, batch_size: int,
                  ten_crop: bool = False) -> Iterator[Batch]:
   """One pass over this process's shard of the evaluation split.
@@ -282,16 +300,10 @@ def eval_batches(data: ml_collections.ConfigDict, *, batch_size: int,
   source = sources.get_source(data)
   size = data.image_size
   shift = _eval_shift(statistics.normalization(data, source), size, ten_crop)
+  view = _eval_view(data, shift, ten_crop=ten_crop, resample=not source.views)
 
   def preprocess(example):
-    # The whole square, then the crops: exactly the paper's view, where a
-    # window decoded alone can fall up to half a source pixel off.
-    image = preprocessing.decode_central_square(
-        source.load(example['image']), data.resize_size,
-        resample=not source.views)
-    image = (preprocessing.ten_crops(image, size) if ten_crop
-             else preprocessing.centre_crop(image, size))
-    return {'image': image, 'shift': shift,
+    return {**view(source.load(example['image'])),
             'label': tf.cast(example['label'], tf.int32),
             'mask': tf.constant(1.0, tf.float32)}
 
@@ -309,3 +321,29 @@ def eval_batches(data: ml_collections.ConfigDict, *, batch_size: int,
   ds = ds.concatenate(padding).take(num_batches * batch_size)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(data.prefetch)
   return preprocessing.explain_errors(iter(tfds.as_numpy(ds)))
+
+
+def indexed_views(data: ml_collections.ConfigDict, examples: tf.data.Dataset,
+                  load: Callable[[tf.Tensor], tf.Tensor], *, batch_size: int,
+                  ten_crop: bool = False, resample: bool = True) -> Iterator[Batch]:
+  """Evaluation's view of {'index': int64, 'image'} examples, in order.
+
+  `load` turns 'image' into the encoded image (tf.io.read_file for paths).
+  Yields batches of `batch_size` with the examples' keys, 'image' and
+  'shift' as eval_batches makes them, the last padded with index -1. An example whose
+  image cannot be read or decoded is left out, whatever data.skip_corrupt
+  says: the indices missing from the batches name them.
+  """
+  _check_sizes(data)
+  shift = _eval_shift(statistics.normalization(data), data.image_size, ten_crop)
+  view = _eval_view(data, shift, ten_crop=ten_crop, resample=resample)
+  ds = examples.map(lambda ex: {**ex, **view(load(ex['image']))},
+                    num_parallel_calls=tf.data.AUTOTUNE)
+  ds = sources.deterministic(ds.ignore_errors()).batch(batch_size)
+  for batch in tfds.as_numpy(ds.prefetch(data.prefetch)):
+    missing = batch_size - len(batch['index'])
+    if missing:
+      batch = {k: np.concatenate([v, np.zeros((missing, *v.shape[1:]), v.dtype)])
+               for k, v in batch.items()}
+      batch['index'][-missing:] = -1
+    yield batch

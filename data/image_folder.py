@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -57,6 +58,22 @@ class ImageFolder:
       paths, labels = paths[order], labels[order]
     return tf.data.Dataset.from_tensor_slices({'image': paths,
                                                'label': labels})
+
+
+def find_images(paths: Sequence[str]) -> list[str]:
+  """The files among `paths`, then the image files (by extension) under the
+  folders among them, recursively, each folder's in sorted order. A path
+  that does not exist is kept, for reading it to fail and be reported."""
+  found = []
+  for path in paths:
+    if not os.path.isdir(path):
+      found.append(path)
+      continue
+    for directory, subdirectories, files in os.walk(path):
+      subdirectories.sort()
+      found += [os.path.join(directory, f) for f in sorted(files)
+                if f.lower().endswith(_EXTENSIONS)]
+  return found
 
 
 def _images_by_class(directory: str) -> dict[str, list[str]]:

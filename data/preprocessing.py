@@ -10,6 +10,7 @@ ops; the lighting offsets are drawn in NumPy (data/batching.py).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import TypeVar
 
@@ -187,3 +188,14 @@ def explain_errors(items: Iterator[T]) -> Iterator[T]:
         f'An image failed to decode: {e.message.splitlines()[0]}. Set '
         '--config.data.skip_corrupt=True to skip (and count) such images.'
     ) from e
+
+
+def why_unreadable(path: str) -> str:
+  """Why the file at `path` is no image the pipeline reads: TensorFlow's
+  error, read and decoded on its own."""
+  try:
+    tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+  except tf.errors.OpError as e:
+    # Without TensorFlow's '{{function_node ...}}' and '[Op:...]' wrapping.
+    return re.sub(r'\{\{.*?\}\}\s*|\s*\[Op:.*', '', e.message.splitlines()[0])
+  return 'it decodes alone, but not as the paper\'s view'

@@ -8,7 +8,9 @@ dataset must be prepared, or preparable from a manual directory
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -18,6 +20,8 @@ import ml_collections
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
+from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
+from tensorflow_datasets.datasets.siscore import labels as siscore_labels
 
 from data import demo_shapes, image_folder
 
@@ -276,3 +280,38 @@ def num_classes(data: ml_collections.ConfigDict) -> int:
   if data.prepared_dir or data.image_folder:
     return get_source(data).num_classes
   return _builder(data).info.features['label'].num_classes
+
+
+@functools.cache
+def imagenet_names() -> dict[str, str]:
+  """ImageNet-1k's synset ids (imagenet2012's label names) -> WordNet names,
+  'n01440764' -> 'tench': the first synonym, or all of them where that is
+  ambiguous ('maillot').
+
+  Both lists ship with TFDS: imagenet2012's label file, the synsets in label
+  order, and the names in that order that its SI-Score builder maps to.
+  """
+  with tf.io.gfile.GFile(imagenet_common.label_names_file()) as f:
+    synsets = f.read().split()
+  names = siscore_labels.IMAGENET_LABELS_LIST
+  if len(synsets) != len(names):
+    raise RuntimeError(
+        f"TFDS's imagenet2012 labels ({len(synsets)}) and ImageNet names "
+        f'({len(names)}) no longer match; pin tensorflow-datasets as in '
+        'requirements.txt.')
+  first = [n.split(',')[0] for n in names]
+  count = collections.Counter(first)
+  return {s: f if count[f] == 1 else n for s, f, n in zip(synsets, first, names)}
+
+
+def class_names(data: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Label k's name: an image folder's k-th sub-folder, a TFDS dataset's
+  label names, with ImageNet synset ids as their WordNet names
+  (imagenet_names). The prepared copy's labels are its source's."""
+  if data.image_folder:
+    names = image_folder.scan(data.image_folder,
+                              val_fraction=data.val_fraction).class_names
+  else:
+    names = _builder(data).info.features['label'].names
+  readable = imagenet_names()
+  return tuple(readable.get(name, name) for name in names)

@@ -5,6 +5,11 @@ conv1 -> LRN -> max-pool -> conv2 -> LRN -> max-pool -> conv3 -> conv4 -> conv5
 fc6's and fc7's outputs (the paper's section 4.2) or, as torchvision places it,
 on their inputs (`dropout_position`). With two towers, conv2, conv4 and conv5 see only their own tower's
 maps; conv3 and the fully connected layers see both.
+
+Each ReLU's output is sown into the 'intermediates' collection as
+'<layer>_relu' (RELU_LAYERS): applying with mutable=['intermediates'] returns
+them (the training step's sparsity metrics, fc7's features for the paper's
+Figure 4); otherwise nothing is kept.
 """
 
 from __future__ import annotations
@@ -20,6 +25,14 @@ from models import layers
 # The paper sets these biases to 1 "to accelerate the early stages of
 # learning by providing the ReLUs with positive inputs"; all others to 0.
 _PAPER_UNIT_BIASES = frozenset({'conv2', 'conv4', 'conv5', 'fc6', 'fc7'})
+
+# The layers followed by a ReLU (section 3.1): every one but fc8.
+RELU_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7')
+
+
+def relu_output(layer: str) -> str:
+  """The 'intermediates' key of `layer`'s ReLU output."""
+  return f'{layer}_relu'
 
 
 def _initializers(init: str, layer: str, towers: bool):
@@ -93,7 +106,7 @@ class AlexNet(nn.Module):
         stride=stride, padding=padding, mix_towers=mix_towers,
         kernel_init=kernel_init, bias_init=bias_init, dtype=self.dtype,
         name=name)(x)
-    return nn.relu(x)
+    return self._relu(name, x)
 
   def _dense(self, name: str, x: jax.Array, features: int,
              train: bool) -> jax.Array:
@@ -109,7 +122,7 @@ class AlexNet(nn.Module):
             bias_init, ('classes' if is_output else 'fc_out',)))(x)
     if is_output:
       return x
-    x = nn.relu(x)
+    x = self._relu(name, x)
     x = nn.with_logical_constraint(x, ('fc_batch', 'fc_out'))
     return self._dropout(name, x, train, 'after')
 
@@ -123,6 +136,11 @@ class AlexNet(nn.Module):
       return x
     return nn.Dropout(self.dropout_rate, deterministic=not train,
                       name=f'dropout{name[2:]}')(x)
+
+  def _relu(self, layer: str, x: jax.Array) -> jax.Array:
+    x = nn.relu(x)
+    self.sow('intermediates', relu_output(layer), x)
+    return x
 
   def _normalize_and_pool(self, i: int, x: jax.Array, train: bool) -> jax.Array:
     if self.norm_position == 'after_pool':

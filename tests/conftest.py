@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # noqa: E402
 
+import train  # noqa: E402
 from configs import demo as demo_config  # noqa: E402
 
 
@@ -39,6 +40,21 @@ def tiny_demo_flags():
         '--config.num_train_steps=6', '--config.log_every_steps=3',
         '--config.batch_size=16', '--config.eval_batch_size=16']
   return make
+
+
+@pytest.fixture(scope='session')
+def demo_run(tmp_path_factory):
+  """A finished 6-step run of the tiny demo, trained in this process for the
+  tests that read a checkpoint: (its config, its workdir)."""
+  tmp_path = tmp_path_factory.mktemp('demo_run')
+  config = demo_config.get_config('size=tiny')
+  config.data.data_dir = str(tmp_path / 'tfds')
+  config.num_train_steps = 6
+  config.log_every_steps = 3
+  config.batch_size = config.eval_batch_size = 16
+  workdir = str(tmp_path / 'work')
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
 
 
 @pytest.fixture(scope='session')

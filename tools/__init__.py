@@ -6,4 +6,6 @@
   benchmark_input  --mode=benchmark_input: input img/s against baselines
   synthetic_photos ImageNet-like JPEGs to benchmark the input on
   ablate           a config and its variants trained in turn: a table, a plot
+  figures          --mode=filters and --mode=neighbours: the paper's Figures 3 and 4
+  convert_torchvision  torchvision's AlexNet weights as an arch=owt checkpoint
 """
