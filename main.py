@@ -17,6 +17,7 @@ import checkpointing
 import evaluation
 import parallel
 import train
+import xla_flags
 from data import prepare, statistics
 from tools import benchmark, benchmark_input, comm_report, figures, summary
 
@@ -116,6 +117,7 @@ class _QuietLibraries:
 
 
 def main(argv):
+  xla_flags.apply()  # before anything starts a JAX backend
   logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')

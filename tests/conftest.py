@@ -11,6 +11,10 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import xla_flags  # noqa: E402
+
+xla_flags.apply()  # the flags main.py sets, so the tests run what users run
+
 import pytest  # noqa: E402
 
 import train  # noqa: E402

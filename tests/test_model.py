@@ -88,6 +88,25 @@ def test_lrn_differs_from_alpha_over_n_convention():
   assert not np.allclose(paper, caffe_style, rtol=1e-4)
 
 
+@pytest.mark.parametrize('window, stride, size', [(3, 2, 13), (3, 2, 14), (2, 2, 9)])
+def test_max_pool_and_its_gradient_match_xlas(window, stride, size):
+  """Values and gradients equal nn.max_pool's, ties included: with many
+  equal values (ReLU's zeros, small integers) the first maximum in each
+  window takes the gradient, as select-and-scatter gives it."""
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(np.maximum(rng.randint(-3, 3, (2, 3, size, size, 5)), 0), jnp.float32)
+  g = jnp.asarray(rng.randn(*layers.max_pool(x, window, stride).shape), jnp.float32)
+
+  def reference(x):
+    return nn.max_pool(x, (window, window), (stride, stride))
+
+  np.testing.assert_array_equal(layers.max_pool(x, window, stride), reference(x))
+  grad, = jax.vjp(lambda x: layers.max_pool(x, window, stride), x)[1](g)
+  expected, = jax.vjp(reference, x)[1](g)
+  # Where windows overlap, two gradients add in either order.
+  np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
+
+
 def _conv_and_input(mix_towers, seed=0):
   conv = layers.TowerConv(towers=2, features=8, kernel_size=3, padding=1,
                           mix_towers=mix_towers)
