@@ -16,6 +16,7 @@ import checkpointing
 import evaluation
 import input_pipeline
 import parallel
+import profiling
 import run_files
 from tools import figures
 from trainer import Trainer, TrainMetrics
@@ -113,8 +114,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     pending, interval_start, data_wait = [], time.perf_counter(), 0.0
 
   preempted = waiting_for_data = False
+  trace = profiling.StepTrace(workdir, config.profile_steps, first_step)
   with checkpointing.Preemption(checkpoints) as preemption:
     for step in range(first_step, num_steps):
+      trace.before_step(step, state)
       t = time.perf_counter()
       batch = preemption.next_or_none(train_iter)
       data_wait += time.perf_counter() - t
@@ -163,6 +166,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         checkpoints.save(state, results=results, evaluated=evaluate)
       if preempted:
         break
+  trace.stop(state)
   if not waiting_for_data:  # else the iterator is busy on another thread
     train_iter.close()
   checkpoints.wait_until_finished()

@@ -169,6 +169,18 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
       neighbour_subset=0,
   ))
 
+  # --mode=benchmark (tools/benchmark.py): JAX against PyTorch, per architecture.
+  config.benchmark = ml_collections.ConfigDict(dict(
+      architectures='paper,towers=1,one_gpu,owt',  # of tools/benchmark.py: ARCHITECTURES
+      variants='',          # added to every architecture's, e.g. 'size=tiny'
+      steps=3,              # timed steps a round, in each framework
+      rounds=3,             # rounds, alternating between the frameworks
+      torch='best',         # best: PyTorch's fastest mode | eager | off: JAX alone
+  ))
+  # Steps (first, count) whose JAX profiler trace goes to <workdir>/profile;
+  # () traces none.
+  config.profile_steps = ()
+
   parallel = variants.choose('parallel', v['parallel'], parallelism.STRATEGIES)
   # -1: all devices the other axis leaves.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, model=parallel['model']))

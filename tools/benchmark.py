@@ -1,62 +1,282 @@
-"""--mode=benchmark: train-step throughput of a config against a reference.
+"""--mode=benchmark: the train step in JAX and in PyTorch, side by side.
 
-Both models are compiled on the same mesh and timed in alternation on the same
-synthetic batch, so the ratio is fair on a shared, noisy machine. The default
-reference is the same network as a single tower: the paper's two towers do
-~35% fewer FLOPs, so they should not be slower.
+For each architecture of ARCHITECTURES (the paper's network, the single
+tower, `one_gpu`, `owt`) at the config's batch_size and model.dtype, the
+project's own compiled train step and the same network's in PyTorch
+(tools/torch_alexnet.py: the same layers, loss and SGD with momentum and
+weight decay) each run in a process of their own (tools/benchmark_worker.py),
+on a synthetic batch, with every CPU thread; the rounds alternate between
+them, so a busy machine slows both alike. PyTorch gets its fastest mode of
+those tried (eager or torch.compile, contiguous or channels-last; AMP for
+bfloat16, TF32 for float32 on GPUs), named in the output.
+
+Reported per framework: the first step (tracing and compiling included),
+the median, min and max of the timed steps, images/s, peak memory, and
+model FLOPs utilisation: XLA's FLOPs for the train step over the step time
+and the device's peak (on CPU, the best large matmul measured in this run;
+on GPU and TPU, the datasheet's figure, named). PyTorch is needed only
+here (requirements-torch.txt); benchmark.torch=off measures JAX alone.
 """
 
-import time
+from __future__ import annotations
 
-import jax
+import dataclasses
+import importlib.metadata
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
 import ml_collections
 
-import input_pipeline
-import parallel
-from trainer import Trainer, synthetic_batch
+from configs import alexnet
+from models import presets
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# ARCH (as printed) -> the configs/alexnet.py variants of its network.
+ARCHITECTURES = {
+    'paper': 'arch=paper',
+    'towers=1': 'arch=paper,towers=1',
+    'one_gpu': 'arch=one_gpu',
+    'owt': 'arch=owt',
+}
+
+# PyTorch modes benchmark.torch tries: 'best' all, keeping the fastest.
+TORCH_MODES = {
+    'best': ['contiguous', 'channels_last', 'compile'],
+    'eager': ['contiguous'],
+}
+
+# Dense peak FLOP/s from vendors' datasheets, the first matching device kind
+# wins: (kind contains, float32 peak, bfloat16 peak). float32 is the TF32
+# tensor-core peak on GPUs, which XLA and cuDNN use for float32 by default;
+# TPUs compute float32 matmuls in bfloat16 passes by default.
+DATASHEET_PEAKS = (
+    ('H100 PCIe', 378e12, 756e12),
+    ('H100', 494.7e12, 989.4e12),
+    ('H200', 494.7e12, 989.4e12),
+    ('A100', 156e12, 312e12),
+    ('TPU v4', 275e12, 275e12),
+    ('TPU v5 lite', 197e12, 197e12),
+    ('TPU v5', 459e12, 459e12),
+    ('TPU v6 lite', 918e12, 918e12),
+)
 
 
-def _step_timer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-  trainer = Trainer(config, mesh)
-  state = trainer.init(config.seed)
-  batch = synthetic_batch(config, parallel.process_batch_size(config.batch_size))
-  state, _ = trainer.train_step(state, batch)  # compile
-  jax.block_until_ready(state)
+class Worker:
+  """A tools/benchmark_worker.py process: one framework's train step."""
 
-  def run(steps: int) -> float:
-    nonlocal state
-    start = time.perf_counter()
-    for _ in range(steps):
-      state, _ = trainer.train_step(state, batch)
-    jax.block_until_ready(state)
-    return (time.perf_counter() - start) / steps
+  def __init__(self, spec: dict[str, Any]):
+    self.name = spec['framework']
+    self.log = tempfile.TemporaryFile('w+')
+    env = {**os.environ, 'PYTHONPATH': REPO,
+           # Both workers share a GPU; without this JAX takes 75% at start.
+           'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.45',
+           # torch.compile's first step compiles, not reads a cache.
+           'TORCHINDUCTOR_FORCE_DISABLE_CACHES': '1'}
+    self.process = subprocess.Popen(
+        [sys.executable, '-m', 'tools.benchmark_worker'], cwd=REPO, env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+    self.ready = self.request(spec)
 
-  return run
+  def request(self, message: dict[str, Any]) -> dict[str, Any]:
+    self.process.stdin.write(json.dumps(message) + '\n')
+    self.process.stdin.flush()
+    line = self.process.stdout.readline()
+    reply = json.loads(line) if line else {'error': 'it exited'}
+    if 'error' in reply:
+      self.process.wait()
+      self.log.seek(0)
+      tail = ''.join(self.log.readlines()[-15:])
+      raise RuntimeError(f'The {self.name} benchmark worker failed: '
+                         f'{reply["error"]}\n{tail}')
+    return reply
+
+  def steps(self, n: int) -> list[float]:
+    return self.request({'steps': n})['times']
+
+  def finish(self) -> dict[str, Any]:
+    reply = self.request({'finish': True})
+    self.close()
+    return reply
+
+  def close(self) -> None:
+    self.process.wait()
+    self.log.close()
 
 
-def benchmark(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
-              steps: int = 5, rounds: int = 3) -> dict[str, float]:
-  """Images/s of `config` and `reference`; the best of `rounds` alternations."""
-  mesh = parallel.make_mesh(config.mesh)
-  timers = {'config': _step_timer(config, mesh), 'reference': _step_timer(reference, mesh)}
-  best = {name: float('inf') for name in timers}
-  for _ in range(rounds):
-    for name, run in timers.items():
-      best[name] = min(best[name], run(steps))
-  return {f'{name}_images_per_sec': config.batch_size / t for name, t in best.items()}
+@dataclasses.dataclass
+class Result:
+  arch: str
+  framework: str
+  mode: str
+  first_step: float
+  times: list[float]
+  batch_size: int
+  peak_memory: int
+  memory_source: str
+
+  @property
+  def median(self) -> float:
+    return statistics.median(self.times)
+
+  @property
+  def images_per_sec(self) -> float:
+    return self.batch_size / self.median
 
 
-def single_tower(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  reference = config.copy_and_resolve_references()
-  reference.model.towers = 1
-  return reference
+def arch_variants(arch: str, config: ml_collections.ConfigDict) -> str:
+  """ARCH's configs/alexnet.py variants at `config`'s dtype, with the
+  benchmark's extra variants (benchmark.variants, e.g. size=tiny)."""
+  return ','.join(filter(None, [ARCHITECTURES[arch], f'dtype={config.model.dtype}',
+                                config.benchmark.variants]))
+
+
+def arch_config(variants: str, batch_size: int, num_classes: int) -> ml_collections.ConfigDict:
+  """The config both workers build their network from (num_classes 0: ImageNet's)."""
+  config = alexnet.get_config(variants)
+  config.batch_size = batch_size
+  config.model.num_classes = num_classes or 1000
+  return config
+
+
+def _spec(framework: str, variants: str, config: ml_collections.ConfigDict,
+          **extra) -> dict[str, Any]:
+  return dict(framework=framework, variants=variants,
+              batch_size=config.batch_size, num_classes=config.model.num_classes,
+              dtype=config.model.dtype, image_size=config.data.image_size,
+              model=config.model.to_dict(), optimizer=config.optimizer.to_dict(),
+              **extra)
+
+
+def measure(arch: str, variants: str, config: ml_collections.ConfigDict,
+            bench: ml_collections.ConfigDict) -> tuple[list[Result], dict[str, Any]]:
+  """ARCH's JAX and PyTorch train steps in alternating rounds; the results
+  and the JAX worker's first reply (platform, FLOPs, matmul peak)."""
+  specs = {'jax': _spec('jax', variants, config)}
+  if bench.torch != 'off':
+    modes = TORCH_MODES[bench.torch]
+    if len(modes) > 1:
+      choice = Worker(_spec('choose_torch_mode', variants, config, torch_modes=modes))
+      mode = choice.ready['torch_mode']
+      choice.close()
+    else:
+      mode = {'compile': False, 'layout': modes[0]}
+    specs['torch'] = _spec('torch', variants, config, torch_mode=mode)
+  # One at a time, so that neither's compilation slows the other's.
+  workers = {name: Worker(spec) for name, spec in specs.items()}
+  times = {name: [] for name in workers}
+  for worker in workers.values():
+    worker.steps(1)  # warm-up, not counted
+  for _ in range(bench.rounds):
+    for name, worker in workers.items():
+      times[name] += worker.steps(bench.steps)
+  results = []
+  for name, worker in workers.items():
+    memory = worker.finish()
+    results.append(Result(arch, name, worker.ready['mode'], worker.ready['first_step'],
+                          times[name], config.batch_size, memory['peak_memory'],
+                          memory['memory_source']))
+  return results, {**workers['jax'].ready,
+                   'matmul': max(w.ready['matmul_flops_per_s'] for w in workers.values())}
+
+
+def peak_flops(platform: str, kind: str, dtype: str,
+               measured: float) -> tuple[float | None, str]:
+  """The device's peak FLOP/s and where it comes from."""
+  if platform == 'cpu':
+    return measured, f'the best {dtype} matmul measured in this run'
+  for name, float32, bfloat16 in DATASHEET_PEAKS:
+    if name in kind:
+      return ({'float32': float32, 'bfloat16': bfloat16}[dtype],
+              f'datasheet, {name}, {dtype}, dense')
+  return None, f'no datasheet peak for {kind!r} in tools/benchmark.py'
+
+
+def _gib(n: int) -> str:
+  return f'{n / 2**30:.2f} GiB'
+
+
+def format_report(results: list[Result], header: list[str],
+                  peak: float | None, flops: dict[str, float],
+                  notes: list[str]) -> str:
+  def mfu(r: Result) -> str:
+    return f'{100 * flops[r.arch] / r.median / peak:.1f}%' if peak else 'n/a'
+
+  rows = [('arch', 'framework', 'mode', 'first step', 'median step (min-max)',
+           'img/s', 'peak memory', 'MFU')]
+  for r in results:
+    rows.append((r.arch, r.framework, r.mode, f'{r.first_step:.1f} s',
+                 f'{r.median:.3f} s ({min(r.times):.3f}-{max(r.times):.3f})',
+                 f'{r.images_per_sec:.1f}', f'{_gib(r.peak_memory)}', mfu(r)))
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  lines = [*header, '']
+  for row in rows:
+    lines.append('  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+  lines.append('')
+  by_arch: dict[str, dict[str, Result]] = {}
+  for r in results:
+    by_arch.setdefault(r.arch, {})[r.framework] = r
+  for arch, pair in by_arch.items():
+    mine = pair['jax']
+    if 'torch' in pair:
+      theirs = pair['torch']
+      lines.append(f'{arch}: jax img/s {mine.images_per_sec:.1f}, torch img/s '
+                   f'{theirs.images_per_sec:.1f} ({theirs.mode}), ratio '
+                   f'{mine.images_per_sec / theirs.images_per_sec:.2f}, MFU {mfu(mine)}')
+    else:
+      lines.append(f'{arch}: jax img/s {mine.images_per_sec:.1f}, MFU {mfu(mine)}')
+  return '\n'.join([*lines, *notes])
 
 
 def report(config: ml_collections.ConfigDict) -> str:
-  config = input_pipeline.with_dataset_classes(config)
-  result = benchmark(config, single_tower(config))
-  mine, ref = result['config_images_per_sec'], result['reference_images_per_sec']
-  return (f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, '
-          f'batch {config.batch_size}, dtype {config.model.dtype}\n'
-          f'towers={config.model.towers}: {mine:.1f} img/s   towers=1: {ref:.1f} img/s\n'
-          f'train step img/s: {mine:.1f}  vs single tower: {mine / ref:.2f}x')
+  bench = config.benchmark
+  if bench.torch not in ('off', *TORCH_MODES):
+    raise ValueError(f'benchmark.torch={bench.torch!r}: use one of off, '
+                     f'{", ".join(TORCH_MODES)}.')
+  torch_version = None
+  if bench.torch != 'off':
+    try:
+      torch_version = importlib.metadata.version('torch')
+    except importlib.metadata.PackageNotFoundError:
+      raise ValueError('PyTorch is not installed: pip install -r '
+                       'requirements-torch.txt, or pass --config.benchmark.torch=off '
+                       'to measure JAX alone.') from None
+  names = [a.strip() for a in bench.architectures.split(',') if a.strip()]
+  if unknown := [a for a in names if a not in ARCHITECTURES]:
+    raise ValueError(f'benchmark.architectures names {unknown}; known: '
+                     f'{", ".join(ARCHITECTURES)}.')
+  results, flops, notes, first = [], {}, [], None
+  for arch in names:
+    preset = ARCHITECTURES[arch].split('arch=')[1].split(',')[0]
+    if preset not in presets.ARCHITECTURES:
+      notes.append(f'{arch}: skipped, models/presets.py has no {preset!r} '
+                   'architecture in this version.')
+      continue
+    variants = arch_variants(arch, config)
+    arch_results, ready = measure(
+        arch, variants, arch_config(variants, config.batch_size, config.model.num_classes),
+        bench)
+    results += arch_results
+    flops[arch] = ready['flops']
+    first = first or ready
+    first['matmul'] = max(first['matmul'], ready['matmul'])
+  if not results:
+    return '\n'.join(notes)
+  import jax  # the parent starts no backend: the workers own the devices
+  peak, source = peak_flops(first['platform'], first['device_kind'],
+                            config.model.dtype, first['matmul'])
+  threads = f', {first["threads"]} threads' if first['threads'] else ''
+  header = [
+      f'Train step, batch {config.batch_size}, {config.model.dtype}, on '
+      f'{first["platform"]} ({first["device_kind"]}{threads}); JAX {jax.__version__}'
+      + (f', PyTorch {torch_version}' if torch_version else '') +
+      f'; {bench.rounds} alternating rounds of {bench.steps} steps after one warm-up step.',
+      'Peak: ' + (f'{peak / 1e9:,.1f} GFLOP/s ({source}).' if peak else source + '.'),
+      'Peak memory: ' + '; '.join(sorted({f'{r.framework}: {r.memory_source}'
+                                          for r in results})) + '.']
+  return format_report(results, header, peak, flops, notes)
