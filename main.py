@@ -17,6 +17,7 @@ import checkpointing
 import evaluation
 import parallel
 import train
+from configs import validation
 from data import prepare, statistics
 from tools import benchmark, benchmark_input, comm_report, figures, summary
 
@@ -122,6 +123,10 @@ def main(argv):
   mode = MODES[FLAGS.mode]
   if mode.needs_workdir and not FLAGS.workdir:
     raise app.UsageError(f'--workdir is required for --mode={FLAGS.mode}.')
+  try:
+    validation.check(FLAGS.config)
+  except ValueError as e:
+    sys.exit(f'Error: {e}')
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
   logging.info('Config:\n%s', FLAGS.config)

@@ -17,7 +17,8 @@ import evaluation
 import input_pipeline
 import parallel
 import run_files
-from tools import figures
+from configs import validation
+from models import kernels
 from trainer import Trainer, TrainMetrics
 
 
@@ -33,6 +34,7 @@ def _check_finite(step_metrics: list[TrainMetrics], first_step: int) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming its latest checkpoint; returns
   the final validation results. Another run in the workdir is refused."""
+  validation.check(config)
   os.makedirs(workdir, exist_ok=True)
   with run_files.WorkdirLock(workdir):
     return _train(config, workdir)
@@ -152,8 +154,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         writer.write_scalars(step + 1, {k: v for k, v in results.items()
                                         if k.startswith('val_')})
         # The paper's Figure 3 as it develops (every process gathers).
-        writer.write_images(step + 1, {'conv1_kernels': figures.filter_grid(
-            figures.conv1_kernels(state.params))[None]})
+        writer.write_images(step + 1, {'conv1_kernels': kernels.filter_grid(
+            parallel.host_array(state.params['conv1']['kernel']))[None]})
         if jax.process_index() == 0:
           run_files.write_results(workdir, results)
         # Reset the interval so evaluation time does not count as training time.
