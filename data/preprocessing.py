@@ -183,10 +183,10 @@ def explain_errors(items: Iterator[T]) -> Iterator[T]:
   """Passes `items` through; a decoding error names data.skip_corrupt."""
   try:
     yield from items
-  except tf.errors.InvalidArgumentError as e:
+  except tf.errors.OpError as e:  # undecodable, unreadable, missing...
     raise ValueError(
-        f'An image failed to decode: {e.message.splitlines()[0]}. Set '
-        '--config.data.skip_corrupt=True to skip (and count) such images.'
+        f'An image could not be read or decoded: {e.message.splitlines()[0]}. '
+        'Set --config.data.skip_corrupt=True to skip (and count) such images.'
     ) from e
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import os
+import tarfile
 from collections.abc import Callable
 
 import jax
@@ -104,8 +105,15 @@ def _manual_files_present(builder: tfds.core.DatasetBuilder,
                           manual_dir: str) -> bool:
   if builder.name == 'imagenet2012':
     # Both are needed: training and evaluation read different splits.
-    return all(os.path.isfile(os.path.join(manual_dir, f))
-               for f in _IMAGENET_ARCHIVES)
+    archives = [os.path.join(manual_dir, f) for f in _IMAGENET_ARCHIVES]
+    if not all(os.path.isfile(a) for a in archives):
+      return False
+    for archive in archives:
+      if not tarfile.is_tarfile(archive):
+        raise ValueError(
+            f'{archive} is not a tar archive (a download cut short, or another '
+            "file under that name); download it again from image-net.org.")
+    return True
   return os.path.isdir(manual_dir) and bool(os.listdir(manual_dir))
 
 
