@@ -129,7 +129,6 @@ def main(argv):
     sys.exit(f'Error: {e}')
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
-  logging.info('Config:\n%s', FLAGS.config)
   try:
     output = mode.run(FLAGS.config, FLAGS.workdir)
   except Exception as e:  # noqa: BLE001

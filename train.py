@@ -75,20 +75,28 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         f'The checkpoint in {checkpoints.directory} is at step {first_step}, past '
         f'this run\'s {num_steps} steps; raise --config.num_epochs or '
         '--config.num_train_steps, or start a new --workdir.')
-  logging.info('Training %s for %d steps (%d per epoch) from step %d on a %s mesh '
-               'of %d devices.', source, num_steps, steps_per_epoch,
-               first_step, dict(mesh.shape), mesh.size)
-
-  writers = [metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)]
   if jax.process_index() == 0:
-    writers.append(run_files.JsonlWriter(workdir, resume_step=first_step))
-  writer = metric_writers.MultiWriter(writers)
-  writer.write_hparams(
-      {k: str(v) for k, v in flax.traverse_util.flatten_dict(
-          config.to_dict(), sep='.').items()})
+    run_files.write_config(workdir, config)
+  params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info(
+      'Training AlexNet (%s parameters) on %s: %d training and %d validation '
+      'images, %d classes; %d steps of %d images (%d an epoch) from step %d, '
+      'on a %s mesh of %d devices. Writing to %s (the whole config: %s).',
+      f'{params:,}', source, info.num_train_examples, info.num_eval_examples,
+      info.num_classes, num_steps, config.batch_size, steps_per_epoch,
+      first_step, dict(mesh.shape), mesh.size, workdir, run_files.CONFIG)
+
+  writers = [metric_writers.LoggingWriter()]
+  if jax.process_index() == 0:
+    summaries = metric_writers.SummaryWriter(workdir)
+    summaries.write_hparams({k: str(v) for k, v in flax.traverse_util.flatten_dict(
+        config.to_dict(), sep='.').items()})
+    writers += [summaries, run_files.JsonlWriter(workdir, resume_step=first_step)]
+  writer = metric_writers.AsyncMultiWriter(writers)
+  # Progress with an ETA at least every tenth of an epoch, and every minute.
   progress = periodic_actions.ReportProgress(
-      num_train_steps=num_steps, writer=writer, every_steps=config.log_every_steps)
+      num_train_steps=num_steps, writer=writer, every_secs=60,
+      every_steps=max(1, min(config.log_every_steps, steps_per_epoch // 10)))
   # The checkpoint's step is also the number of batches consumed.
   train_iter = input_pipeline.train_iterator(config.data, batch_size=local_batch,
                                              seed=config.seed, start_step=first_step)

@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 from jax.experimental import multihost_utils
 from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
 from tensorflow_datasets.datasets.siscore import labels as siscore_labels
@@ -167,6 +168,8 @@ def _prepared_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuild
     return builder
 
   if builder.name == demo_shapes.NAME:
+    logging.info('Generating the demo dataset %s in %s, once (about a minute '
+                 'on a laptop CPU).', builder.info.full_name, builder.data_dir_root)
     _prepare(builder, manual_dir=None)
     return builder
 
