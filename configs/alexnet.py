@@ -91,6 +91,9 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
       eigvec=((-0.5675, 0.7192, 0.4009),
               (-0.5808, -0.0045, -0.8140),
               (-0.5836, -0.6948, 0.4203)),
+      # libjpeg's inverse DCT: 'accurate' (exact: the pixels PIL decodes) or
+      # 'fast' (colours shifted by about a level; docs/data.md).
+      jpeg_dct='accurate',
       # Skip (and count) images that fail to decode, rather than stop.
       skip_corrupt=True,
       shuffle_buffer=16_384,    # TFDS sources; image folders shuffle fully

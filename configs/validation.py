@@ -67,6 +67,7 @@ RULES: dict[str, Check] = {
     'data.eigval': _tuple(3, _between(0, float('inf'))),
     'data.eigvec': _tuple(3, _tuple(3, _between(-1, 1, high_open=False))),
     'data.shuffle_buffer': _int(1),
+    'data.jpeg_dct': _one_of('accurate', 'fast'),
     'data.prefetch': _int(1),
     'model.num_classes': ((lambda x: isinstance(x, int) and x >= 0),
                           "an integer >= 1, or 0 for the dataset's count"),

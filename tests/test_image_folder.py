@@ -186,7 +186,8 @@ def test_prepare_writes_the_papers_squares_and_training_reads_them(tmp_path):
   batch = next(input_pipeline.train_iterator(data, batch_size=4, seed=0))
   assert batch['image'].shape == (4, 32, 32, 3)
   # Whole-square crops of the copy are its images, pixel for pixel.
-  stored = [tf.io.decode_jpeg(open(f, 'rb').read()).numpy()
+  stored = [tf.io.decode_jpeg(open(f, 'rb').read(),
+                              dct_method='INTEGER_ACCURATE').numpy()
             for f in glob.glob(f'{prepared}/train/*/*.jpg')]
   for image in batch['image']:
     assert any(np.array_equal(image, s) for s in stored)
