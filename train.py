@@ -130,7 +130,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       data_wait += time.perf_counter() - t
       if batch is None:  # SIGTERM while waiting for data: save this step
         log_interval(step)
-        checkpoints.save(state, results=results, evaluated=False)
+        if step not in checkpoints.steps():  # unless the loop just saved it
+          checkpoints.save(state, results=results, evaluated=False)
         preempted = waiting_for_data = True
         break
       state, step_metrics = trainer.train_step(state, batch)
@@ -159,8 +160,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             step=step + 1,
             epoch=(step + 1) / steps_per_epoch,
             train_seconds=time.perf_counter() - start)
-        writer.write_scalars(step + 1, {k: v for k, v in results.items()
-                                        if k.startswith('val_')})
+        # The ReLUs' sparsity (section 3.1) goes to the logs, not results.
+        writer.write_scalars(step + 1, {
+            **{k: v for k, v in results.items() if k.startswith('val_')},
+            **{f'val_{k}': v for k, v in val.items() if k.startswith('relu_zeros_')}})
         # The paper's Figure 3 as it develops (every process gathers).
         writer.write_images(step + 1, {'conv1_kernels': kernels.filter_grid(
             parallel.host_array(state.params['conv1']['kernel']))[None]})

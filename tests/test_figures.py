@@ -57,8 +57,8 @@ def test_colourfulness_is_0_for_grey_and_1_for_pure_colour_kernels():
   opponent = rng.normal(size=(1, 5, 5, 1, 1)) * np.array([1.0, -1.0, 0.0])[:, None]
   constant_red = np.zeros((1, 5, 5, 3, 1))
   constant_red[:, :, :, 0] = 1.0
-  kernels = np.concatenate([grey, opponent, constant_red], axis=-1)
-  np.testing.assert_allclose(kernels.colourfulness(kernels), [[0.0, 1.0, 1.0]],
+  weights = np.concatenate([grey, opponent, constant_red], axis=-1)
+  np.testing.assert_allclose(kernels.colourfulness(weights), [[0.0, 1.0, 1.0]],
                              atol=1e-12)
   mixed = kernels.colourfulness(grey + 0.5 * opponent)
   assert 0 < mixed[0, 0] < 1
@@ -74,11 +74,11 @@ def test_filter_grid_keeps_grey_kernels_grey():
 
 def test_training_logs_relu_sparsity_and_the_kernel_grid(demo_run):
   config, workdir = demo_run
-  trained = [r for r in run_files.read_metrics(workdir) if 'train_loss' in r]
-  assert trained
-  for record in trained:
+  evaluated = [r for r in run_files.read_metrics(workdir) if 'val_loss' in r]
+  assert evaluated
+  for record in evaluated:
     for layer in RELU_LAYERS:
-      assert 0 < record[f'train_relu_zeros_{layer}'] < 1, (layer, record)
+      assert 0 < record[f'val_relu_zeros_{layer}'] < 1, (layer, record)
   images = [v for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
             for event in tf.compat.v1.train.summary_iterator(path)
             for v in event.summary.value if v.tag == 'conv1_kernels']
