@@ -167,12 +167,7 @@ def check(config: ml_collections.ConfigDict) -> None:
       problems.append(
           f'--config.model.features={tuple(features)}: each must divide into '
           f'model.towers={towers} towers.')
-    if config.data.image_size > config.data.resize_size:
-      problems.append(
-          f'--config.data.image_size={config.data.image_size}: must not exceed '
-          f'data.resize_size={config.data.resize_size} (crops are taken from '
-          'the resized image).')
-    elif _output_side(config) < 1:
+    if _output_side(config) < 1:
       problems.append(
           f'--config.data.image_size={config.data.image_size}: too small for '
           'the network, whose convolutions and pooling leave nothing of it; '

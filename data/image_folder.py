@@ -94,7 +94,9 @@ def _images_by_class(directory: str) -> dict[str, list[str]]:
     for f in sorted(os.listdir(class_dir)):
       path = os.path.join(class_dir, f)
       if f.lower().endswith(_EXTENSIONS):
-        (files if os.path.isfile(path) else unusable).append(path)
+        # exists() follows links: a broken one or a loop is not there.
+        usable = os.path.exists(path) and not os.path.isdir(path)
+        (files if usable else unusable).append(path)
     result[name] = files
   if unusable:
     logging.warning('Left out %d entries of %s that are neither folders nor '

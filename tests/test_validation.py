@@ -39,8 +39,6 @@ def test_the_configs_are_valid(config):
     ('data.image_size', 32, '--config.data.image_size=32: too small for the network'
      ', whose convolutions and pooling leave nothing of it; the smallest that '
      'works is 67.'),
-    ('data.image_size', 300, '--config.data.image_size=300: must not exceed '
-     'data.resize_size=256'),
     ('model.features', (96, 256, 384, 384, 255),
      'each must divide into model.towers=2 towers'),
 ])
