@@ -25,8 +25,9 @@ from configs.sweeps import Claim, Point, Sweep
 
 
 def get_sweep(arg=None):
-  return Sweep(points=(Point(), Point(POINT)), seeds=(0, 1),
-               claims=(Claim('Response normalisation', '3.3', changed='lrn=off',
+  changed = Point(POINT)
+  return Sweep(points=(Point(), changed), seeds=(0, 1),
+               claims=(Claim('Response normalisation', '3.3', changed=changed.label,
                              reference='baseline', top1=1.4, top5=1.2),))
 '''
 RUNS = ['baseline/seed=0', 'lrn=off/seed=0', 'baseline/seed=1', 'lrn=off/seed=1']
