@@ -107,8 +107,9 @@ def with_variants(config: str, variants: str) -> str:
 def plan(sweep: Sweep, config: str, workdir: str, extra: list[str]) -> list[Run]:
   """Every run of `sweep` on base `config`, seed by seed, with `extra` flags."""
   labels = [p.label for p in sweep.points]
-  if len(set(labels)) < len(labels) or not labels:
-    raise SweepError(f'The sweep needs points with distinct names; it has {labels}.')
+  if len(set(labels)) < len(labels) or not labels or not sweep.seeds:
+    raise SweepError(f'A sweep needs seeds and points with distinct names; this one '
+                     f'has seeds {list(sweep.seeds)} and points {labels}.')
   for claim in sweep.claims:
     for name in (claim.changed, claim.reference):
       if name not in labels:
