@@ -102,7 +102,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                              seed=config.seed, start_step=first_step)
   save_every = config.checkpoint.every_steps
 
-  start = time.perf_counter()
+  # A resumed run's time adds to the time its checkpoint's results counted.
+  start = time.perf_counter() - results.get('train_seconds', 0.0)
   pending: list[TrainMetrics] = []
   interval_start, data_wait = time.perf_counter(), 0.0
 
@@ -151,6 +152,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if evaluate:
         with progress.timed('eval'):
           val = evaluation.evaluate(trainer, state, config)
+          # The paper's test (section 4.1), of the final state only: 10x the work.
+          final = evaluation.evaluate(trainer, state, config, ten_crop=True) if done else None
         state = trainer.after_eval(state, val['top1_error'])
         results = dict(
             val_top1_error=val['top1_error'],
@@ -160,6 +163,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             step=step + 1,
             epoch=(step + 1) / steps_per_epoch,
             train_seconds=time.perf_counter() - start)
+        if final:
+          results.update(val_top1_error_10crop=final['top1_error'],
+                         val_top5_error_10crop=final['top5_error'],
+                         val_examples_10crop=final['examples'])
+          logging.info('10-crop test of the final state: top-1 error %.4f, top-5 '
+                       'error %.4f, on %d examples.', final['top1_error'],
+                       final['top5_error'], final['examples'])
         # The ReLUs' sparsity (section 3.1) goes to the logs, not results.
         writer.write_scalars(step + 1, {
             **{k: v for k, v in results.items() if k.startswith('val_')},
