@@ -4,7 +4,9 @@ A checkpoint is <workdir>/checkpoints/<step>/ with three orbax items:
   state   the TrainState (parameters, momentum, plateau schedule, step, dropout
           key), saved sharded: each process writes its own shards;
   config  the config it was trained with (JSON);
-  meta    the latest validation results (JSON).
+  meta    the latest validation results, and a digest of every array of the
+          state (JSON): a checkpoint whose arrays no longer match them is
+          reported as corrupt and treated as unreadable.
 Orbax writes each checkpoint under a temporary name and renames it when
 complete, so a crash mid-save never leaves a checkpoint that looks finished.
 Restoring goes through the target shardings of the current mesh, so a state
@@ -27,6 +29,7 @@ from typing import Any, TypeVar
 
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
@@ -93,6 +96,58 @@ def check_disk_space(directory: str, state: Any, copies: int) -> None:
   if free < copies * needed:
     logging.warning('%s kept checkpoints may not fit in %s: %s', copies,
                     directory, _disk_space(directory, needed))
+
+
+def _as_uint32(x: jax.Array) -> jax.Array:
+  """The bits of `x` as uint32 words."""
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  size = x.dtype.itemsize
+  if size == 4:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+  if size == 8:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32).ravel()
+  word = {1: jnp.uint8, 2: jnp.uint16}[size]
+  return jax.lax.bitcast_convert_type(x, word).astype(jnp.uint32)
+
+
+@jax.jit
+def _leaf_digests(leaves: list[jax.Array]) -> list[jax.Array]:
+  """A 32-bit digest of each array: a sum of its words, each mixed and
+  weighted by an odd number, so any one changed word changes the sum."""
+  digests = []
+  for x in leaves:
+    words = _as_uint32(x).ravel()
+    mixed = words ^ (words >> 15)
+    weights = jnp.arange(words.size, dtype=jnp.uint32) * 2 + 1
+    digests.append(jnp.sum(mixed * weights, dtype=jnp.uint32))
+  return digests
+
+
+def digests(tree: Any) -> dict[str, int]:
+  """The digest of every array of `tree`, by its path."""
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  values = jax.device_get(_leaf_digests([leaf for _, leaf in leaves]))
+  return {jax.tree_util.keystr(path): int(v)
+          for (path, _), v in zip(leaves, values)}
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint's arrays differ from what was saved."""
+
+
+def _check_digests(tree: Any, saved: dict[str, int] | None, what: str) -> None:
+  """Raises CorruptCheckpointError if `tree`'s arrays differ from `saved`
+  (paths `tree` lacks are not checked; checkpoints without digests pass)."""
+  if saved is None:
+    logging.info('%s has no digests to check (saved by an older version).', what)
+    return
+  actual = digests(tree)
+  bad = sorted(k for k in actual if k in saved and actual[k] != saved[k])
+  if bad:
+    raise CorruptCheckpointError(
+        f'{what} is corrupt: {len(bad)} of its arrays differ from what was '
+        f'saved ({", ".join(bad[:3])}{", ..." if len(bad) > 3 else ""}).')
 
 
 class ConfigMismatchError(ValueError):
@@ -191,7 +246,7 @@ class Checkpoints:
     checkpoint competes for best.
     """
     step = int(state.step)
-    meta = dict(results=results)
+    meta = dict(results=results, digests=digests(state))
     try:
       self._manager.save(
           step,
@@ -282,6 +337,8 @@ class Checkpoints:
     compare_configs(saved['config'], self.config)
     state = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(trainer.abstract_state())))['state']
+    _check_digests(state, saved['meta'].get('digests'),
+                   f'Checkpoint {step} in {self.directory}')
     logging.info('Restored checkpoint %d from %s.', step, self.directory)
     return Restored(state=state, step=step, results=saved['meta']['results'])
 
@@ -336,8 +393,15 @@ def load_params(path: str, trainer: Trainer,
           f'The parameters of checkpoint {step} in {path} do not fit this '
           f'config\'s model: {e}\n--config.init_from needs the same model '
           'config (layers, widths, classes, towers).') from e
+    saved = manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta'].get('digests')
+  state = state.replace(params=loaded['params'], batch_stats=loaded['batch_stats'])
+  if saved is not None:  # only the parameters were taken
+    saved = {k: v for k, v in saved.items()
+             if k.startswith(('.params', '.batch_stats'))}
+  _check_digests(state, saved, f'Checkpoint {step} in {path}')
   logging.info('Initialised parameters from checkpoint %d in %s.', step, path)
-  return state.replace(params=loaded['params'], batch_stats=loaded['batch_stats'])
+  return state
 
 
 class Preemption:

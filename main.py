@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging as std_logging
 import os
-import re
 import sys
 from collections.abc import Callable
 
@@ -18,6 +17,7 @@ import evaluation
 import parallel
 import train
 import xla_flags
+from configs import command_line, validation
 from data import prepare, statistics
 from tools import benchmark, benchmark_input, comm_report, figures, summary
 
@@ -80,31 +80,14 @@ flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordin
 flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
 flags.mark_flags_as_required(['config'])
 
-# How ml_collections reports an override of a key the config lacks
-# (tests/test_main.py pins it for the installed version).
-UNKNOWN_KEY = re.compile(r"'([\w.]+)")
-DID_YOU_MEAN = re.compile(r'Did you mean "([\w.]+)"')
-
 
 def parse_flags(argv: list[str]) -> list[str]:
   """Parses flags; an override of a key the config lacks gets a plain message."""
   try:
     return FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    key = UNKNOWN_KEY.search(str(e))
-    key = key.group(1) if key else str(e)
-    hint = DID_YOU_MEAN.search(str(e))
-    culprits = [a for a in argv if a.startswith('--config.') and
-                key in a.split('=')[0].split('.')]
-    sys.exit(f'Error: unknown config key {key!r} in {" ".join(culprits) or argv}.'
-             + (f' Did you mean {hint.group(1)!r}?' if hint else '') +
-             ' Keys are listed in docs/config.md; a new key must be added to '
-             'the config file, not only overridden.')
-  except flags.Error as e:
-    lines = str(e).strip().splitlines()
-    # config_flags embeds the config file's traceback: keep its last line.
-    message = lines[0] + (f' {lines[-1]}' if len(lines) > 1 else '')
-    sys.exit(f'Error: {message}\nPass --helpshort to see the flags.')
+  except command_line.FLAG_ERRORS as e:
+    sys.exit(command_line.error_message(e, argv) + (
+        '\nPass --helpshort to see the flags.' if isinstance(e, flags.Error) else ''))
 
 
 class _QuietLibraries:
@@ -124,9 +107,12 @@ def main(argv):
   mode = MODES[FLAGS.mode]
   if mode.needs_workdir and not FLAGS.workdir:
     raise app.UsageError(f'--workdir is required for --mode={FLAGS.mode}.')
+  try:
+    validation.check(FLAGS.config)
+  except ValueError as e:
+    sys.exit(f'Error: {e}')
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
-  logging.info('Config:\n%s', FLAGS.config)
   try:
     output = mode.run(FLAGS.config, FLAGS.workdir)
   except Exception as e:  # noqa: BLE001

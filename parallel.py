@@ -17,6 +17,7 @@ import jax
 from absl import logging
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from models.layers import LOGICAL_AXES
@@ -117,6 +118,12 @@ def check_batch(batch_size: int, mesh: Mesh, rules: Rules,
         f'{what}={batch_size} is not divisible by the {shards} devices of the '
         f"mesh's {'x'.join(axes) or 'batch'} axes (and {jax.process_count()} "
         f'processes); set --config.{what} to a multiple of {multiple}.')
+
+
+def host_array(x: jax.Array) -> np.ndarray:
+  """The whole of a (sharded) array on this process's host; every process
+  must call it."""
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def process_batch_size(batch_size: int) -> int:

@@ -7,6 +7,7 @@
                  run killed and resumed leaves the same log as one that was
                  not.
   results.json   the latest validation results.
+  config.json    the config the run trains with.
   lock           who trains here now: one run at a time (WorkdirLock).
   checkpoints/   orbax's (checkpointing.py).
 
@@ -26,6 +27,7 @@ from collections.abc import Iterator
 from typing import IO, Any, Mapping
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from clu.metric_writers import interface
@@ -33,6 +35,7 @@ from jax.experimental import multihost_utils
 
 METRICS = 'metrics.jsonl'
 RESULTS = 'results.json'
+CONFIG = 'config.json'
 LOCK = 'lock'
 
 
@@ -48,6 +51,11 @@ def atomic_write(path: str, mode: str = 'w') -> Iterator[IO]:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  with atomic_write(os.path.join(workdir, CONFIG)) as f:
+    f.write(config.to_json_best_effort(indent=2) + '\n')
 
 
 def write_results(workdir: str, results: Mapping[str, Any]) -> None:

@@ -18,7 +18,8 @@ import input_pipeline
 import parallel
 import profiling
 import run_files
-from tools import figures
+from configs import validation
+from models import kernels
 from trainer import Trainer, TrainMetrics
 
 
@@ -34,6 +35,7 @@ def _check_finite(step_metrics: list[TrainMetrics], first_step: int) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming its latest checkpoint; returns
   the final validation results. Another run in the workdir is refused."""
+  validation.check(config)
   os.makedirs(workdir, exist_ok=True)
   with run_files.WorkdirLock(workdir):
     return _train(config, workdir)
@@ -74,26 +76,35 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         f'The checkpoint in {checkpoints.directory} is at step {first_step}, past '
         f'this run\'s {num_steps} steps; raise --config.num_epochs or '
         '--config.num_train_steps, or start a new --workdir.')
-  logging.info('Training %s for %d steps (%d per epoch) from step %d on a %s mesh '
-               'of %d devices.', source, num_steps, steps_per_epoch,
-               first_step, dict(mesh.shape), mesh.size)
-
-  writers = [metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)]
   if jax.process_index() == 0:
-    writers.append(run_files.JsonlWriter(workdir, resume_step=first_step))
-  writer = metric_writers.MultiWriter(writers)
-  writer.write_hparams(
-      {k: str(v) for k, v in flax.traverse_util.flatten_dict(
-          config.to_dict(), sep='.').items()})
+    run_files.write_config(workdir, config)
+  params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info(
+      'Training AlexNet (%s parameters) on %s: %d training and %d validation '
+      'images, %d classes; %d steps of %d images (%d an epoch) from step %d, '
+      'on a %s mesh of %d devices. Writing to %s (the whole config: %s).',
+      f'{params:,}', source, info.num_train_examples, info.num_eval_examples,
+      info.num_classes, num_steps, config.batch_size, steps_per_epoch,
+      first_step, dict(mesh.shape), mesh.size, workdir, run_files.CONFIG)
+
+  writers = [metric_writers.LoggingWriter()]
+  if jax.process_index() == 0:
+    summaries = metric_writers.SummaryWriter(workdir)
+    summaries.write_hparams({k: str(v) for k, v in flax.traverse_util.flatten_dict(
+        config.to_dict(), sep='.').items()})
+    writers += [summaries, run_files.JsonlWriter(workdir, resume_step=first_step)]
+  writer = metric_writers.AsyncMultiWriter(writers)
+  # Progress with an ETA at least every tenth of an epoch, and every minute.
   progress = periodic_actions.ReportProgress(
-      num_train_steps=num_steps, writer=writer, every_steps=config.log_every_steps)
+      num_train_steps=num_steps, writer=writer, every_secs=60,
+      every_steps=max(1, min(config.log_every_steps, steps_per_epoch // 10)))
   # The checkpoint's step is also the number of batches consumed.
   train_iter = input_pipeline.train_iterator(config.data, batch_size=local_batch,
                                              seed=config.seed, start_step=first_step)
   save_every = config.checkpoint.every_steps
 
-  start = time.perf_counter()
+  # A resumed run's time adds to the time its checkpoint's results counted.
+  start = time.perf_counter() - results.get('train_seconds', 0.0)
   pending: list[TrainMetrics] = []
   interval_start, data_wait = time.perf_counter(), 0.0
 
@@ -123,7 +134,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       data_wait += time.perf_counter() - t
       if batch is None:  # SIGTERM while waiting for data: save this step
         log_interval(step)
-        checkpoints.save(state, results=results, evaluated=False)
+        if step not in checkpoints.steps():  # unless the loop just saved it
+          checkpoints.save(state, results=results, evaluated=False)
         preempted = waiting_for_data = True
         break
       state, step_metrics = trainer.train_step(state, batch)
@@ -143,6 +155,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if evaluate:
         with progress.timed('eval'):
           val = evaluation.evaluate(trainer, state, config)
+          # The paper's test (section 4.1), of the final state only: 10x the work.
+          final = evaluation.evaluate(trainer, state, config, ten_crop=True) if done else None
         state = trainer.after_eval(state, val['top1_error'])
         results = dict(
             val_top1_error=val['top1_error'],
@@ -152,11 +166,20 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             step=step + 1,
             epoch=(step + 1) / steps_per_epoch,
             train_seconds=time.perf_counter() - start)
-        writer.write_scalars(step + 1, {k: v for k, v in results.items()
-                                        if k.startswith('val_')})
+        if final:
+          results.update(val_top1_error_10crop=final['top1_error'],
+                         val_top5_error_10crop=final['top5_error'],
+                         val_examples_10crop=final['examples'])
+          logging.info('10-crop test of the final state: top-1 error %.4f, top-5 '
+                       'error %.4f, on %d examples.', final['top1_error'],
+                       final['top5_error'], final['examples'])
+        # The ReLUs' sparsity (section 3.1) goes to the logs, not results.
+        writer.write_scalars(step + 1, {
+            **{k: v for k, v in results.items() if k.startswith('val_')},
+            **{f'val_{k}': v for k, v in val.items() if k.startswith('relu_zeros_')}})
         # The paper's Figure 3 as it develops (every process gathers).
-        writer.write_images(step + 1, {'conv1_kernels': figures.filter_grid(
-            figures.conv1_kernels(state.params))[None]})
+        writer.write_images(step + 1, {'conv1_kernels': kernels.filter_grid(
+            parallel.host_array(state.params['conv1']['kernel']))[None]})
         if jax.process_index() == 0:
           run_files.write_results(workdir, results)
         # Reset the interval so evaluation time does not count as training time.

@@ -38,14 +38,14 @@ _ERRORS = dict(
     loss=metrics.Average.from_output('loss'),
     top1_error=metrics.Average.from_output('top1_error'),
     top5_error=metrics.Average.from_output('top5_error'))
-EvalMetrics = metrics.Collection.create(**_ERRORS)
 # The share of each ReLU's outputs that are zero: the sparsity the paper
-# credits ReLUs with (section 3.1), per layer.
+# credits ReLUs with (section 3.1), per layer, measured when evaluating (in
+# the train step it would cost collectives across the towers every step).
 _RELU_ZEROS = {f'relu_zeros_{layer}': metrics.Average.from_output(f'relu_zeros_{layer}')
                for layer in RELU_LAYERS}
+EvalMetrics = metrics.Collection.create(**_ERRORS, **_RELU_ZEROS)
 TrainMetrics = metrics.Collection.create(
-    **_ERRORS, learning_rate=metrics.LastValue.from_output('learning_rate'),
-    **_RELU_ZEROS)
+    **_ERRORS, learning_rate=metrics.LastValue.from_output('learning_rate'))
 
 
 def paper_sgd(learning_rate: float, momentum: float,
@@ -80,12 +80,17 @@ def classification_outputs(logits: jax.Array, labels: jax.Array) -> dict[str, ja
       top5_error=(rank >= 5).astype(jnp.float32))
 
 
-def relu_zero_fractions(intermediates: dict[str, Any]) -> dict[str, jax.Array]:
-  """'relu_zeros_<layer>': the fraction of the layer's ReLU outputs that are
-  exactly zero, from the model's sown 'intermediates'."""
-  return {f'relu_zeros_{layer}': jnp.mean(
-      (intermediates[relu_output(layer)][0] == 0).astype(jnp.float32))
-          for layer in RELU_LAYERS}
+def relu_zero_fractions(relus: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """'relu_zeros_<layer>': per example, the fraction of the layer's ReLU
+  outputs that are exactly zero. Convolutions' outputs are tower-major
+  (towers, batch, ...), the fully connected layers' (batch, features)."""
+  fractions = {}
+  for layer, x in relus.items():
+    batch_axis = 1 if x.ndim == 5 else 0
+    fractions[f'relu_zeros_{layer}'] = jnp.mean(
+        (x == 0).astype(jnp.float32),
+        axis=tuple(a for a in range(x.ndim) if a != batch_axis))
+  return fractions
 
 
 def standardize(batch: dict[str, jax.Array], std: tuple[float, ...]) -> jax.Array:
@@ -131,9 +136,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   def loss_fn(params):
     logits, updates = model.apply(
         _variables(state, params), images, train=True,
-        rngs={'dropout': dropout_rng}, mutable=['batch_stats', 'intermediates'])
-    outputs = {**classification_outputs(logits, batch['label']),
-               **relu_zero_fractions(updates['intermediates'])}
+        rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+    outputs = classification_outputs(logits, batch['label'])
     return outputs['loss'].mean(), (outputs, updates)
 
   grads, (outputs, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -149,44 +153,43 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   return new_state, TrainMetrics.single_from_model_output(learning_rate=lr, **outputs)
 
 
-def _forward(state: TrainState, images: jax.Array, model: nn.Module, *,
-             fc7: bool = False) -> tuple[jax.Array, jax.Array | None]:
-  """Logits of (N, H, W, C) images, or of (N, crops, H, W, C) crops, and
-  with `fc7` that layer's ReLU output (averaged over the crops), else None.
+def _forward(state: TrainState, images: jax.Array, model: nn.Module
+             ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
+  """Logits of (N, H, W, C) images, or of (N, crops, H, W, C) crops; each
+  ReLU layer's per-example share of zeros (relu_zero_fractions); and fc7's
+  ReLU output. Over crops, the shares and fc7 are averaged.
 
   The paper's test averages the crops' softmax; log of that mean, taken
   stably, stands in for the logits.
   """
-  crops = images.shape[1] if images.ndim == 5 else 0
+  crops = images.shape[1] if images.ndim == 5 else 1
   flat = images.reshape(-1, *images.shape[-3:])
-  variables = _variables(state, state.params)
-  features = None
-  if fc7:
-    logits, captured = model.apply(variables, flat, train=False,
-                                   mutable=['intermediates'])
-    features = captured['intermediates'][relu_output('fc7')][0]
-  else:
-    logits = model.apply(variables, flat, train=False)
-  if crops:
+  logits, captured = model.apply(_variables(state, state.params), flat,
+                                 train=False, mutable=['intermediates'])
+  relus = {layer: captured['intermediates'][relu_output(layer)][0]
+           for layer in RELU_LAYERS}
+  zeros = {k: v.reshape(-1, crops).mean(axis=1)
+           for k, v in relu_zero_fractions(relus).items()}
+  fc7 = relus['fc7'].reshape(-1, crops, relus['fc7'].shape[-1]).mean(axis=1)
+  if crops > 1:
     log_probs = jax.nn.log_softmax(logits).reshape(-1, crops, logits.shape[-1])
     logits = jax.nn.logsumexp(log_probs, axis=1) - jnp.log(crops)
-    if fc7:
-      features = features.reshape(-1, crops, features.shape[-1]).mean(axis=1)
-  return logits, features
+  return logits, zeros, fc7
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
               model: nn.Module, std: tuple[float, ...]) -> EvalMetrics:
-  logits, _ = _forward(state, standardize(batch, std), model)
+  logits, zeros, _ = _forward(state, standardize(batch, std), model)
   return EvalMetrics.single_from_model_output(
-      mask=batch['mask'], **classification_outputs(logits, batch['label']))
+      mask=batch['mask'], **classification_outputs(logits, batch['label']),
+      **zeros)
 
 
 def predict_step(state: TrainState, batch: dict[str, jax.Array], *,
                  model: nn.Module, std: tuple[float, ...]) -> dict[str, jax.Array]:
   """Class probabilities (averaged over the crops of a 10-crop batch) and
   fc7's activations, the features of the paper's Figure 4."""
-  logits, fc7 = _forward(state, standardize(batch, std), model, fc7=True)
+  logits, _, fc7 = _forward(state, standardize(batch, std), model)
   return {'probabilities': jax.nn.softmax(logits), 'fc7': fc7}
 
 

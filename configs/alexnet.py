@@ -3,6 +3,7 @@
 Variants are parsed from the text after the colon, e.g.
   --config=configs/alexnet.py:lrn=off,pool=2x2
   --config=configs/alexnet.py:arch=owt
+  --config=configs/alexnet.py:arch=one_gpu
   --config=configs/alexnet.py:towers=1,norm=batchnorm,init=modern,dtype=bfloat16
 Every field can also be overridden with --config.KEY=VALUE.
 """
@@ -45,7 +46,7 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
   norm = v['norm'] or arch['norm']
   if v['lrn']:
     norm = variants.choose('lrn', v['lrn'], {'on': 'lrn', 'off': 'none'})
-  init = v['init'] or ('paper' if v['arch'] == 'paper' else 'modern')
+  init = v['init'] or arch['init']
   mean_image = variants.choose('mean', v['mean'] or 'image',
                                {'image': True, 'channel': False})
 
@@ -91,6 +92,9 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
       eigvec=((-0.5675, 0.7192, 0.4009),
               (-0.5808, -0.0045, -0.8140),
               (-0.5836, -0.6948, 0.4203)),
+      # libjpeg's inverse DCT: 'accurate' (exact: the pixels PIL decodes) or
+      # 'fast' (colours shifted by about a level; docs/data.md).
+      jpeg_dct='accurate',
       # Skip (and count) images that fail to decode, rather than stop.
       skip_corrupt=True,
       shuffle_buffer=16_384,    # TFDS sources; image folders shuffle fully
@@ -101,7 +105,7 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
       num_classes=0,  # 0: the dataset's (1000 for imagenet2012)
       towers=variants.choose('towers', v['towers'] or str(arch['towers']),
                              {'1': 1, '2': 2}),
-      features=size.get('features', arch['features']),
+      features=presets.conv_features(arch, size.get('features', arch['features'])),
       fc_features=size.get('fc_features', (4096, 4096)),
       conv1_kernel=11,
       conv1_stride=4,

@@ -4,7 +4,8 @@ The same layers and towers as the paper's network (five convolutions, LRN,
 overlapping pooling, three fully connected layers, two towers), narrower and
 on 71x71 crops of 80x80 generated images of ten shape classes. The dataset is
 generated on first use under data_dir; nothing is downloaded. Accepts the
-same variants as configs/alexnet.py, e.g. configs/demo.py:lrn=off,towers=1;
+same variants as configs/alexnet.py, e.g. configs/demo.py:lrn=off,towers=1
+(`arch=one_gpu` halves the demo's conv1..conv4 as it does the paper's);
 `size=tiny` is the tiny network on the 320-image `demo_shapes/tiny`, for
 tests and smoke runs.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import alexnet, variants
+from models import presets
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -32,7 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.model.num_classes = 10
   if v['size'] == 'full':
-    config.model.features = (32, 64, 96, 96, 64)
+    config.model.features = presets.conv_features(
+        presets.ARCHITECTURES[v['arch']], (32, 64, 96, 96, 64))
     config.model.fc_features = (256, 256)
   config.optimizer.learning_rate = 0.02
 

@@ -227,7 +227,7 @@ class TrainIterator(Iterator[Batch]):
       # The random crop of the resize_size square; only its window is decoded.
       image = preprocessing.decode_crop(
           source.load(example['image']), resize_size=data.resize_size,
-          top=draw['top'], left=draw['left'], size=size,
+          top=draw['top'], left=draw['left'], size=size, dct=data.jpeg_dct,
           resample=not source.views)
       shift = minus_mean
       if norm.mean.ndim == 3:  # the mean image's window under the crop
@@ -275,8 +275,8 @@ def _eval_view(data: ml_collections.ConfigDict, shift: tf.Tensor, *,
   def view(encoded: tf.Tensor) -> dict[str, tf.Tensor]:
     # The whole square, then the crops: exactly the paper's view, where a
     # window decoded alone can fall up to half a source pixel off.
-    image = preprocessing.decode_central_square(encoded, data.resize_size,
-                                                resample=resample)
+    image = preprocessing.decode_central_square(
+        encoded, data.resize_size, dct=data.jpeg_dct, resample=resample)
     image = (preprocessing.ten_crops(image, size) if ten_crop
              else preprocessing.centre_crop(image, size))
     return {'image': image, 'shift': shift}

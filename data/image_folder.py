@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 _EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 _VALIDATION_NAMES = ('validation', 'val')
@@ -77,14 +78,31 @@ def find_images(paths: Sequence[str]) -> list[str]:
 
 
 def _images_by_class(directory: str) -> dict[str, list[str]]:
-  result = {}
+  """Each class folder's image files. Links are followed; entries that are
+  neither (a broken link, a link loop) are named in a warning and left out."""
+  result, unusable = {}, []
   for name in sorted(os.listdir(directory)):
     class_dir = os.path.join(directory, name)
     # Hidden folders (the statistics' cache, .ipynb_checkpoints) are no class.
-    if os.path.isdir(class_dir) and not name.startswith('.'):
-      result[name] = sorted(
-          os.path.join(class_dir, f) for f in os.listdir(class_dir)
-          if f.lower().endswith(_EXTENSIONS))
+    if name.startswith('.'):
+      continue
+    if not os.path.isdir(class_dir):
+      if not os.path.exists(class_dir):
+        unusable.append(class_dir)
+      continue
+    files = []
+    for f in sorted(os.listdir(class_dir)):
+      path = os.path.join(class_dir, f)
+      if f.lower().endswith(_EXTENSIONS):
+        # exists() follows links: a broken one or a loop is not there.
+        usable = os.path.exists(path) and not os.path.isdir(path)
+        (files if usable else unusable).append(path)
+    result[name] = files
+  if unusable:
+    logging.warning('Left out %d entries of %s that are neither folders nor '
+                    'files (broken links or link loops): %s', len(unusable),
+                    directory, ', '.join(unusable[:5]) +
+                    (', ...' if len(unusable) > 5 else ''))
   return result
 
 
@@ -113,6 +131,11 @@ def scan(root: str, *, val_fraction: float = 0.0) -> ImageFolder:
                      'other; add the missing one, or put the class folders '
                      'directly under the root and set data.val_fraction.')
   else:
+    if not any(os.path.isdir(os.path.join(root, d)) for d in os.listdir(root)):
+      raise ValueError(
+          f'Image folder {root!r} holds no folders: put the images in one '
+          'folder per class, under train/ and validation/ or directly under '
+          'it (then with --config.data.val_fraction).')
     if not 0 < val_fraction < 1:
       raise ValueError(
           f'{root!r} has class folders but no train/ and validation/ '
@@ -127,6 +150,14 @@ def scan(root: str, *, val_fraction: float = 0.0) -> ImageFolder:
   class_names = tuple(sorted(set().union(*by_split.values())))
   if not class_names:
     raise ValueError(f'No class sub-folders with images in {root!r}.')
+  # A class without examples would give fc8 an output it can never learn.
+  empty = [name for name in class_names
+           if not any(classes.get(name) for classes in by_split.values())]
+  if empty:
+    raise ValueError(
+        f'The class folders {", ".join(map(repr, empty))} of {root!r} hold no '
+        f'images (extensions {", ".join(_EXTENSIONS)}) in any split; add '
+        'images or remove the folders, since every folder is a class.')
   index = {name: i for i, name in enumerate(class_names)}
   splits = {}
   for split, classes in by_split.items():

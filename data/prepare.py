@@ -47,7 +47,7 @@ def prepare(data: ml_collections.ConfigDict) -> str:
 
     def write(index, example, root=root):
       image = preprocessing.decode_central_square(
-          source.load(example['image']), data.resize_size)
+          source.load(example['image']), data.resize_size, dct=data.jpeg_dct)
       jpeg = tf.io.encode_jpeg(image, quality=_QUALITY)
       path = tf.strings.join([
           root, tf.strings.as_string(example['label'], width=5, fill='0'),

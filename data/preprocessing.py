@@ -20,7 +20,12 @@ import tensorflow as tf
 
 T = TypeVar('T')
 
-_JPEG_RATIOS = (1, 2, 4, 8)  # the downscalings libjpeg does while decoding
+# The downscalings libjpeg does while decoding; the last, 8 again, is
+# followed by an area reduction (see _window).
+_JPEG_RATIOS = (1, 2, 4, 8, 8)
+# data.jpeg_dct: libjpeg's exact integer inverse DCT, or its fast one, which
+# shifts the colours slightly (docs/data.md has by how much).
+DCT_METHODS = {'accurate': 'INTEGER_ACCURATE', 'fast': 'INTEGER_FAST'}
 
 
 def _window(shape: tf.Tensor, *, resize_size: int, top: tf.Tensor,
@@ -28,32 +33,36 @@ def _window(shape: tf.Tensor, *, resize_size: int, top: tf.Tensor,
   """Where the paper's (size, size) window at (top, left) lies in the image.
 
   `shape` is the image's (height, width). Returns the index in _JPEG_RATIOS
-  of the largest shrink that keeps the window at least `size`, and, in the
-  image shrunk by it, the window's corner and side and the image's (height,
-  width), rounded up as libjpeg does: float32, whole numbers. Few ops, as
-  each op costs tf.data about a microsecond an example.
+  of the largest shrink that keeps the window at least `size`; the integer
+  factor `reduce` by which an image shrunk by 8 is then area-reduced, so
+  that the bilinear resampling after it never shrinks by 2 or more (where
+  it would alias); and, in the image shrunk by both, the window's corner and
+  side and the image's (height, width), rounded as libjpeg and the area
+  reduction round: float32, whole numbers. Few ops, as each op costs
+  tf.data about a microsecond an example.
   """
   shape = tf.cast(shape, tf.float32)
   square = tf.reduce_min(shape)
   scale = square / resize_size  # image pixels per pixel of the paper's view
   ratio_index = tf.reduce_sum(
-      tf.cast(scale >= tf.constant(_JPEG_RATIOS[1:], tf.float32), tf.int32))
-  ratio = tf.gather(tf.constant(_JPEG_RATIOS, tf.float32), ratio_index)
+      tf.cast(scale >= tf.constant((2, 4, 8, 16), tf.float32), tf.int32))
+  reduce = tf.maximum(tf.floor(scale / 8), 1)  # above 1 only from scale 16
+  ratio = tf.gather(tf.constant(_JPEG_RATIOS, tf.float32), ratio_index) * reduce
   # Rounded, not truncated: the window falls within half a decoded pixel.
   corner = tf.round((tf.floor((shape - square) / 2) + scale * tf.cast(
       tf.stack([top, left]), tf.float32)) / ratio)
-  shrunk = tf.math.ceil(shape / ratio)
+  shrunk = tf.floor(tf.math.ceil(shape * reduce / ratio) / reduce)
   side = tf.maximum(tf.minimum(tf.round(size * scale / ratio),
                                tf.reduce_min(shrunk - corner)), 1)
-  return ratio_index, corner, side, shrunk
+  return ratio_index, reduce, corner, side, shrunk
 
 
 Region = tuple[tf.Tensor, tf.Tensor, tf.Tensor]  # pixels, window corner, side
 
 
-def _jpeg_region(encoded: tf.Tensor, **where) -> Region:
+def _jpeg_region(encoded: tf.Tensor, *, dct_method: str, **where) -> Region:
   """Decodes a JPEG around the window only, shrunk by libjpeg where it can."""
-  ratio_index, corner, side, shrunk = _window(
+  ratio_index, reduce, corner, side, shrunk = _window(
       tf.io.extract_jpeg_shape(encoded)[:2], **where)
   # libjpeg-turbo blends each pixel's chroma with its neighbour's; at a
   # cropped edge it has no neighbour. One pixel more on each side brings
@@ -63,10 +72,21 @@ def _jpeg_region(encoded: tf.Tensor, **where) -> Region:
   low = tf.floor(tf.maximum(corner - 1, 0) / [1, 16]) * [1, 16]
   high = tf.minimum(corner + side + 1, shrunk)
   region = tf.cast(tf.concat([low, high - low], 0), tf.int32)
+
+  def decode(ratio: int) -> tf.Tensor:
+    return tf.io.decode_and_crop_jpeg(encoded, region, channels=3, ratio=ratio,
+                                      dct_method=dct_method)
+
+  def decode_and_reduce() -> tf.Tensor:
+    # The region of the image shrunk by 8, averaged over `reduce` squares.
+    pixels = tf.io.decode_and_crop_jpeg(
+        encoded, region * tf.cast(reduce, tf.int32), channels=3, ratio=8,
+        dct_method=dct_method)
+    reduced = tf.image.resize(pixels, region[2:], method='area')
+    return tf.cast(tf.round(reduced), tf.uint8)
+
   pixels = tf.switch_case(ratio_index, [
-      lambda r=r: tf.io.decode_and_crop_jpeg(encoded, region, channels=3,
-                                             ratio=r)
-      for r in _JPEG_RATIOS])
+      *(lambda r=r: decode(r) for r in _JPEG_RATIOS[:-1]), decode_and_reduce])
   return pixels, tf.cast(corner - low, tf.int32), tf.cast(side, tf.int32)
 
 
@@ -99,7 +119,8 @@ def bilinear(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def decode_crop(encoded: tf.Tensor, *, resize_size: int, top: tf.Tensor,
-                left: tf.Tensor, size: int, resample: bool = True) -> tf.Tensor:
+                left: tf.Tensor, size: int, dct: str = 'accurate',
+                resample: bool = True) -> tf.Tensor:
   """A window of the image as the paper stored it, as uint8 pixels.
 
   The paper's view of an image is its central square scaled to
@@ -110,29 +131,32 @@ def decode_crop(encoded: tf.Tensor, *, resize_size: int, top: tf.Tensor,
   Up to half a decoded pixel in where the window falls, this is scaling
   then cropping, at a fraction of the cost. Non-JPEG files (PNGs named
   .JPEG, ...) are decoded and scaled whole; grayscale and CMYK files come
-  out RGB. `resample=False` is for images known to be the paper's view
-  already (the prepared copy), whose windows are exactly `size`.
+  out RGB. `dct` is a key of DCT_METHODS. `resample=False` is for images
+  known to be the paper's view already (the prepared copy), whose windows
+  are exactly `size`.
   """
   where = dict(resize_size=resize_size, top=top, left=left, size=size)
   # Only decoding is branched on: in tf.data, the same ops ran slower
   # inside a branch than outside one.
   pixels, corner, side = tf.cond(
-      tf.io.is_jpeg(encoded), lambda: _jpeg_region(encoded, **where),
+      tf.io.is_jpeg(encoded),
+      lambda: _jpeg_region(encoded, dct_method=DCT_METHODS[dct], **where),
       lambda: _other_region(encoded, **where))
   image = tf.slice(pixels, tf.concat([corner, [0]], 0), [side, side, 3])
-  # The window is under twice `size`, where bilinear needs no antialiasing;
-  # an exact fit comes out unchanged. Decided per dataset, not per image:
-  # a branch on the window's side costs more than it saves.
+  # The window is under twice `size` (_window sees to it), where bilinear
+  # needs no antialiasing; an exact fit comes out unchanged. Decided per
+  # dataset, not per image: a branch on the window's side costs more than
+  # it saves.
   if resample:
     return bilinear(image, size)
   return tf.ensure_shape(image, [size, size, 3])
 
 
-def decode_central_square(encoded: tf.Tensor, size: int,
+def decode_central_square(encoded: tf.Tensor, size: int, dct: str = 'accurate',
                           resample: bool = True) -> tf.Tensor:
   """The paper's view: shorter side scaled to `size`, the central square."""
   return decode_crop(encoded, resize_size=size, top=0, left=0, size=size,
-                     resample=resample)
+                     dct=dct, resample=resample)
 
 
 def ten_crops(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -183,10 +207,10 @@ def explain_errors(items: Iterator[T]) -> Iterator[T]:
   """Passes `items` through; a decoding error names data.skip_corrupt."""
   try:
     yield from items
-  except tf.errors.InvalidArgumentError as e:
+  except tf.errors.OpError as e:  # undecodable, unreadable, missing...
     raise ValueError(
-        f'An image failed to decode: {e.message.splitlines()[0]}. Set '
-        '--config.data.skip_corrupt=True to skip (and count) such images.'
+        f'An image could not be read or decoded: {e.message.splitlines()[0]}. '
+        'Set --config.data.skip_corrupt=True to skip (and count) such images.'
     ) from e
 
 

@@ -13,12 +13,14 @@ import dataclasses
 import functools
 import json
 import os
+import tarfile
 from collections.abc import Callable
 
 import jax
 import ml_collections
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 from jax.experimental import multihost_utils
 from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
 from tensorflow_datasets.datasets.siscore import labels as siscore_labels
@@ -104,8 +106,15 @@ def _manual_files_present(builder: tfds.core.DatasetBuilder,
                           manual_dir: str) -> bool:
   if builder.name == 'imagenet2012':
     # Both are needed: training and evaluation read different splits.
-    return all(os.path.isfile(os.path.join(manual_dir, f))
-               for f in _IMAGENET_ARCHIVES)
+    archives = [os.path.join(manual_dir, f) for f in _IMAGENET_ARCHIVES]
+    if not all(os.path.isfile(a) for a in archives):
+      return False
+    for archive in archives:
+      if not tarfile.is_tarfile(archive):
+        raise ValueError(
+            f'{archive} is not a tar archive (a download cut short, or another '
+            "file under that name); download it again from image-net.org.")
+    return True
   return os.path.isdir(manual_dir) and bool(os.listdir(manual_dir))
 
 
@@ -159,6 +168,8 @@ def _prepared_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuild
     return builder
 
   if builder.name == demo_shapes.NAME:
+    logging.info('Generating the demo dataset %s in %s, once (about a minute '
+                 'on a laptop CPU).', builder.info.full_name, builder.data_dir_root)
     _prepare(builder, manual_dir=None)
     return builder
 

@@ -225,7 +225,7 @@ def _shard_sums(data: ml_collections.ConfigDict,
 
   def moments(example):
     image = preprocessing.decode_central_square(
-        source.load(example['image']), size)
+        source.load(example['image']), size, dct=data.jpeg_dct)
     pixels = tf.reshape(tf.cast(image, tf.float64), [-1, 3]) / 255.0
     # Per-image sums keep float64 accuracy over a million images.
     return {'image': image,

@@ -1,14 +1,25 @@
 """Test setup: eight simulated CPU devices, the repository on sys.path, and
 the helpers several test files share, as fixtures."""
 
+import atexit
 import os
+import shutil
 import socket
 import sys
+import tempfile
 
 # Must happen before jax is imported anywhere.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# Tests (and the main.py runs they start) compile the same small programs
+# again and again: one persistent compilation cache for the session, which
+# subprocesses inherit through the environment.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _CACHE = os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
+      prefix='alexnet-tests-jax-cache-')
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import xla_flags  # noqa: E402

@@ -8,13 +8,13 @@ import glob
 import os
 
 import numpy as np
-import pytest
 import tensorflow as tf
 from PIL import Image
 
 import evaluation
 import run_files
 from data import sources
+from models import kernels
 from models.alexnet import RELU_LAYERS
 from tools import figures
 
@@ -29,12 +29,12 @@ def _filter_grid_size(config) -> tuple[int, int]:
   tower's row, the towers' blocks stacked."""
   towers, k = config.model.towers, config.model.conv1_kernel
   per_tower = config.model.features[0] // towers
-  columns = min(figures.COLUMNS, per_tower)
+  columns = min(kernels.COLUMNS, per_tower)
   rows = -(-per_tower // columns)
-  cell = k * figures.SCALE
-  return (columns * (cell + figures.GAP) - figures.GAP,
-          towers * (rows * (cell + figures.GAP) - figures.GAP) +
-          (towers - 1) * figures.BLOCK_GAP)
+  cell = k * kernels.SCALE
+  return (columns * (cell + kernels.GAP) - kernels.GAP,
+          towers * (rows * (cell + kernels.GAP) - kernels.GAP) +
+          (towers - 1) * kernels.BLOCK_GAP)
 
 
 def test_filters_png_one_block_per_tower_and_colourfulness(demo_run):
@@ -57,16 +57,16 @@ def test_colourfulness_is_0_for_grey_and_1_for_pure_colour_kernels():
   opponent = rng.normal(size=(1, 5, 5, 1, 1)) * np.array([1.0, -1.0, 0.0])[:, None]
   constant_red = np.zeros((1, 5, 5, 3, 1))
   constant_red[:, :, :, 0] = 1.0
-  kernels = np.concatenate([grey, opponent, constant_red], axis=-1)
-  np.testing.assert_allclose(figures.colourfulness(kernels), [[0.0, 1.0, 1.0]],
+  weights = np.concatenate([grey, opponent, constant_red], axis=-1)
+  np.testing.assert_allclose(kernels.colourfulness(weights), [[0.0, 1.0, 1.0]],
                              atol=1e-12)
-  mixed = figures.colourfulness(grey + 0.5 * opponent)
+  mixed = kernels.colourfulness(grey + 0.5 * opponent)
   assert 0 < mixed[0, 0] < 1
 
 
 def test_filter_grid_keeps_grey_kernels_grey():
   grey = np.repeat(np.random.default_rng(0).normal(size=(2, 11, 11, 1, 3)), 3, axis=3)
-  grid = figures.filter_grid(grey)
+  grid = kernels.filter_grid(grey)
   assert grid.dtype == np.uint8 and grid.shape[2] == 3
   assert (grid[..., 0] == grid[..., 1]).all() and (grid[..., 1] == grid[..., 2]).all()
   assert grid.min() == 0 and (grid < 255).any()  # each kernel spans 0-255
@@ -74,11 +74,11 @@ def test_filter_grid_keeps_grey_kernels_grey():
 
 def test_training_logs_relu_sparsity_and_the_kernel_grid(demo_run):
   config, workdir = demo_run
-  trained = [r for r in run_files.read_metrics(workdir) if 'train_loss' in r]
-  assert trained
-  for record in trained:
+  evaluated = [r for r in run_files.read_metrics(workdir) if 'val_loss' in r]
+  assert evaluated
+  for record in evaluated:
     for layer in RELU_LAYERS:
-      assert 0 < record[f'train_relu_zeros_{layer}'] < 1, (layer, record)
+      assert 0 < record[f'val_relu_zeros_{layer}'] < 1, (layer, record)
   images = [v for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
             for event in tf.compat.v1.train.summary_iterator(path)
             for v in event.summary.value if v.tag == 'conv1_kernels']
@@ -111,7 +111,7 @@ def test_nearest_neighbour_of_a_training_image_is_itself(demo_run, tmp_path):
   text = figures.neighbours(config, workdir)
 
   path = os.path.join(workdir, figures.FIGURES, 'neighbours_6.png')
-  size, gap = config.data.image_size, figures.GAP
+  size, gap = config.data.image_size, kernels.GAP
   assert _png_size(path) == (4 * size + 3 * gap, 3 * size + 2 * gap)
   assert 'among 80 of' in text and '(one in 4)' in text
   ranked = [line.split() for line in text.splitlines() if line.startswith('  ')]

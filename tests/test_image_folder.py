@@ -186,7 +186,8 @@ def test_prepare_writes_the_papers_squares_and_training_reads_them(tmp_path):
   batch = next(input_pipeline.train_iterator(data, batch_size=4, seed=0))
   assert batch['image'].shape == (4, 32, 32, 3)
   # Whole-square crops of the copy are its images, pixel for pixel.
-  stored = [tf.io.decode_jpeg(open(f, 'rb').read()).numpy()
+  stored = [tf.io.decode_jpeg(open(f, 'rb').read(),
+                              dct_method='INTEGER_ACCURATE').numpy()
             for f in glob.glob(f'{prepared}/train/*/*.jpg')]
   for image in batch['image']:
     assert any(np.array_equal(image, s) for s in stored)
@@ -238,3 +239,49 @@ def test_a_training_split_without_a_decodable_batch_is_an_error(tmp_path):
       rf"Epoch 0 of split 'train' of '{tmp_path}' gave no batch of 8: of the 12 "
       r'images this process tried, fewer than 8 decoded .*skip_corrupt')):
     train.train_and_evaluate(config, str(tmp_path / 'work'))
+
+
+def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
+  root = _folder(tmp_path, per_class=2, classes=('a', 'b'))
+  os.makedirs(tmp_path / 'train' / 'empty')
+  os.makedirs(tmp_path / 'validation' / 'empty')
+  (tmp_path / 'train' / 'empty' / 'notes.txt').write_text('not an image')
+  with pytest.raises(ValueError, match=r"The class folders 'empty' of .* hold no "
+                     'images .* in any split'):
+    image_folder.scan(root)
+  # A class with training images only is a class.
+  os.rmdir(tmp_path / 'validation' / 'empty')
+  _write(str(tmp_path / 'train' / 'empty' / '0.jpg'), _pattern(np.random.default_rng(0), 0))
+  assert image_folder.scan(root).class_names == ('a', 'b', 'empty')
+
+
+def test_links_are_followed_and_broken_ones_named(tmp_path, caplog):
+  root = _folder(tmp_path / 'data', per_class=2, classes=('a', 'b'))
+  _folder(tmp_path / 'elsewhere', per_class=3, classes=('c',))
+  os.symlink(tmp_path / 'elsewhere' / 'train' / 'c', tmp_path / 'data' / 'train' / 'c')
+  os.symlink(tmp_path / 'nowhere', tmp_path / 'data' / 'train' / 'gone')
+  os.symlink('loop.jpg', tmp_path / 'data' / 'train' / 'a' / 'loop.jpg')
+  with caplog.at_level('WARNING'):
+    folder = image_folder.scan(root)
+  assert folder.class_names == ('a', 'b', 'c')
+  assert folder.num_examples('train') == 2 + 2 + 3
+  assert 'Left out' in caplog.text and 'gone' in caplog.text
+  assert 'loop.jpg' in caplog.text
+
+
+def test_a_folder_without_folders_is_named_so(tmp_path):
+  (tmp_path / 'readme.txt').write_text('nothing here')
+  with pytest.raises(ValueError, match='holds no folders: put the images in one '
+                     'folder per class'):
+    image_folder.scan(str(tmp_path))
+
+
+def test_a_file_that_cannot_be_read_names_the_setting():
+  # A file that vanished or a link that broke after the scan: not an
+  # InvalidArgumentError, and still the designed message.
+  def batches():
+    yield {}
+    raise tf.errors.NotFoundError(None, None, '/data/a/0.jpg; No such file or directory')
+  with pytest.raises(ValueError, match=r'could not be read or decoded: /data/a/0.jpg; '
+                     r'No such file or directory\. Set --config.data.skip_corrupt=True'):
+    list(preprocessing.explain_errors(batches()))

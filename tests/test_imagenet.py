@@ -113,3 +113,18 @@ def test_trains_and_evaluates(imagenet, tmp_path):
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results['step'] == 2
   assert results['val_examples'] == NUM_VAL
+
+
+def test_archives_that_are_not_tars_are_named(tmp_path):
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  (manual / 'ILSVRC2012_img_train.tar').write_text('<html>Access denied</html>')
+  (manual / 'ILSVRC2012_img_val.tar').write_text('<html>Access denied</html>')
+  config = demo_config.get_config()
+  config.data.name = 'imagenet2012'
+  config.data.data_dir = str(tmp_path / 'tfds')
+  config.data.manual_dir = str(manual)
+  with pytest.raises(ValueError, match=(
+      rf'{manual}/ILSVRC2012_img_train.tar is not a tar archive .*download it '
+      'again')):
+    sources.get_builder(config.data)

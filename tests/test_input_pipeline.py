@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import io
 import os
+import tarfile
 
 import ml_collections
 import numpy as np
@@ -41,9 +42,14 @@ def _data_config(data_dir, **overrides) -> ml_collections.ConfigDict:
 def _decoded(data, split: str) -> tuple[np.ndarray, np.ndarray]:
   """All (images uint8, labels) of `split` in file order."""
   builder = sources.get_builder(data)
-  ds = builder.as_dataset(split=split, shuffle_files=False, batch_size=-1)
-  ds = tfds.as_numpy(ds)
-  return ds['image'], ds['label']
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders={'image': tfds.decode.SkipDecoding()})
+  # Decoded as the pipeline decodes: with libjpeg's exact inverse DCT.
+  ds = ds.map(lambda ex: {'image': tf.io.decode_jpeg(
+      ex['image'], channels=3, dct_method='INTEGER_ACCURATE'), 'label': ex['label']})
+  ds = tfds.as_numpy(ds.batch(1 << 20))
+  batch = next(iter(ds))
+  return batch['image'], batch['label']
 
 
 @pytest.fixture(scope='module')
@@ -275,7 +281,7 @@ def test_imagenet_archives_present_prepares_from_manual_dir(tmp_path,
   manual = tmp_path / 'manual'
   manual.mkdir()
   for name in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar'):
-    (manual / name).touch()
+    tarfile.open(manual / name, 'w').close()  # empty archives
   calls = []
 
   def record(self, *args, download_config=None, **kwargs):
@@ -419,7 +425,9 @@ def test_decode_crop_is_scale_then_crop(width, height, fmt):
   rng = np.random.default_rng(width)
   buffer = io.BytesIO()
   synthetic_photos.photo(rng, width, height).save(buffer, fmt, quality=95)
-  full = tf.io.decode_image(buffer.getvalue(), channels=3).numpy()
+  full = (tf.io.decode_jpeg(buffer.getvalue(), channels=3,
+                            dct_method='INTEGER_ACCURATE') if fmt == 'JPEG'
+          else tf.io.decode_image(buffer.getvalue(), channels=3)).numpy()
   square = min(width, height)
   top0, left0 = (height - square) // 2, (width - square) // 2
   view = tf.image.resize(full[top0:top0 + square, left0:left0 + square],
@@ -436,6 +444,46 @@ def test_decode_crop_is_scale_then_crop(width, height, fmt):
     assert error < (0.01 if (width, height) == (256, 256) else 4)
 
 
+@pytest.mark.parametrize('width,height,resize_size,size', [
+    (3000, 2200, 80, 71),    # 27x: shrunk 8x by libjpeg, then 3x by area
+    (6000, 4400, 256, 227),  # 17x: 8x, then 2x
+])
+def test_large_shrinks_are_antialiased(width, height, resize_size, size):
+  # Bilinear resampling after libjpeg's 8x shrink would alias the fine
+  # texture: without the area reduction the error is several times larger.
+  rng = np.random.default_rng(width)
+  buffer = io.BytesIO()
+  synthetic_photos.photo(rng, width, height).save(buffer, 'JPEG', quality=95)
+  full = tf.io.decode_jpeg(buffer.getvalue(), channels=3,
+                           dct_method='INTEGER_ACCURATE').numpy()
+  square = min(width, height)
+  top0, left0 = (height - square) // 2, (width - square) // 2
+  view = tf.image.resize(full[top0:top0 + square, left0:left0 + square],
+                         [resize_size, resize_size], antialias=True).numpy()
+  top = left = (resize_size - size) // 2
+  got = preprocessing.decode_crop(
+      tf.constant(buffer.getvalue()), resize_size=resize_size,
+      top=tf.constant(top), left=tf.constant(left), size=size).numpy()
+  error = np.abs(got - view[top:top + size, left:left + size]).mean()
+  assert error < 2.5
+
+
+@pytest.mark.parametrize('dct', ['accurate', 'fast'])
+def test_the_accurate_dct_decodes_as_pil_does(dct):
+  # The fast inverse DCT darkens red and blue by about a level on average.
+  rng = np.random.default_rng(11)
+  buffer = io.BytesIO()
+  synthetic_photos.photo(rng, 500, 375).save(buffer, 'JPEG', quality=90)
+  got = preprocessing.decode_central_square(tf.constant(buffer.getvalue()),
+                                            375, dct=dct, resample=False)
+  pil = np.asarray(Image.open(buffer).convert('RGB'))[:, 62:62 + 375]
+  bias = (got.numpy().astype(float) - pil).mean(axis=(0, 1))
+  if dct == 'accurate':
+    np.testing.assert_array_equal(got, pil)
+  else:
+    assert bias[0] < -0.5 and bias[2] < -0.5, bias
+
+
 @pytest.mark.parametrize('subsampling,progressive', [
     (2, False), (1, False), (0, False), (2, True)])  # 4:2:0, 4:2:2, 4:4:4
 def test_decoding_only_the_window_gives_a_full_decodes_pixels(subsampling,
@@ -447,13 +495,13 @@ def test_decoding_only_the_window_gives_a_full_decodes_pixels(subsampling,
   Image.fromarray(noise).save(buffer, 'JPEG', quality=90,
                               subsampling=subsampling, progressive=progressive)
   encoded = tf.constant(buffer.getvalue())
-  full = tf.io.decode_jpeg(encoded, channels=3)
+  full = tf.io.decode_jpeg(encoded, channels=3, dct_method='INTEGER_ACCURATE')
   # Windows whose left edge starts a 16-pixel block, or whose right edge
   # ends a chroma sample: there a cropped decode differs.
   for top, left in ((0, 1), (17, 12), (29, 5)):
     where = dict(resize_size=256, top=tf.constant(top), left=tf.constant(left),
                  size=227)
-    _, (y, x), side, _ = preprocessing._window(tf.shape(full)[:2], **where)
+    _, _, (y, x), side, _ = preprocessing._window(tf.shape(full)[:2], **where)
     y, x, side = int(y), int(x), int(side)
     expected = preprocessing.bilinear(full[y:y + side, x:x + side], 227)
     np.testing.assert_array_equal(preprocessing.decode_crop(encoded, **where),

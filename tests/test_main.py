@@ -28,11 +28,16 @@ def test_train_on_demo_writes_events_and_results(tmp_path, tiny_demo_flags):
   assert glob.glob(str(workdir / 'events.out.tfevents.*'))
   results = json.loads((workdir / 'results.json').read_text())
   assert set(results) == {'val_top1_error', 'val_top5_error', 'val_loss',
-                          'val_examples', 'step', 'epoch', 'train_seconds'}
+                          'val_examples', 'step', 'epoch', 'train_seconds',
+                          'val_top1_error_10crop', 'val_top5_error_10crop',
+                          'val_examples_10crop'}
   assert results['step'] == 6
   assert 0.0 <= results['val_top1_error'] <= 1.0
   assert results['val_examples'] == input_pipeline.dataset_info(
       _tiny_data_config(tmp_path)).num_eval_examples
+  # The paper's test of the final state: each image's ten crops count once.
+  assert results['val_examples_10crop'] == results['val_examples']
+  assert 0.0 <= results['val_top1_error_10crop'] <= 1.0
   assert 'Final validation after 6 steps' in result.stderr.strip().splitlines()[-1]
 
 
@@ -42,15 +47,19 @@ def _tiny_data_config(tmp_path):
   return config.data
 
 
-@pytest.mark.parametrize('arg', ['configs/alexnet.py', 'configs/alexnet.py:arch=owt',
-                                 'configs/demo.py:towers=1,norm=batchnorm'])
-def test_summary_needs_no_data_and_ends_with_total(arg):
+@pytest.mark.parametrize('arg, total', [
+    ('configs/alexnet.py', '60,965,224'),
+    ('configs/alexnet.py:arch=owt', '61,100,840'),
+    ('configs/alexnet.py:arch=one_gpu', '59,798,312'),  # the paper's one-GPU net
+    ('configs/demo.py:towers=1,norm=batchnorm', None)])
+def test_summary_needs_no_data_and_ends_with_total(arg, total):
   result = _main(f'--config={arg}', '--mode=summary', timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   last = result.stdout.strip().splitlines()[-1]
   assert last.startswith('Total params: ')
+  if total:
+    assert last == f'Total params: {total}'
   if arg == 'configs/alexnet.py':
-    assert last == 'Total params: 60,965,224'
     for layer in ('conv1', 'lrn1', 'pool1', 'conv5', 'fc6', 'fc7', 'fc8'):
       assert f'\n{layer} ' in result.stdout
 

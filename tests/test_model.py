@@ -29,9 +29,16 @@ def _param_count(arg):
     ('', 60_965_224),                 # the paper: two towers
     ('towers=1', 62_378_344),         # the same network, one tower
     ('arch=owt', 61_100_840),         # "one weird trick" / torchvision
+    ('arch=one_gpu', 59_798_312),     # the paper's one-GPU net (section 3.2)
 ])
 def test_parameter_counts(arg, expected):
   assert _param_count(arg) == expected
+
+
+@pytest.mark.parametrize('arch, init', [('paper', 'paper'), ('one_gpu', 'paper'),
+                                        ('owt', 'modern')])
+def test_each_architecture_has_its_initialisation(arch, init):
+  assert alexnet_config.get_config(f'arch={arch}').model.initialization == init
 
 
 def test_output_shape_after_every_layer():

@@ -5,7 +5,8 @@
   comm_report      --mode=comm_report: the collectives of the compiled step
   benchmark_input  --mode=benchmark_input: input img/s against baselines
   synthetic_photos ImageNet-like JPEGs to benchmark the input on
-  ablate           a config and its variants trained in turn: a table, a plot
   figures          --mode=filters and --mode=neighbours: the paper's Figures 3 and 4
   convert_torchvision  torchvision's AlexNet weights as an arch=owt checkpoint
+  sweep            a sweep file's points x seeds, run here or emitted for SLURM
+  sweep_report     a sweep's report: errors over seeds, the paper's claims, figures
 """

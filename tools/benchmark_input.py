@@ -8,7 +8,8 @@ number of workers (one per CPU):
                with normalisation, so it is not timed here)
   PIL          a plain PIL + NumPy loader doing the same decode, resize, crop
                and flip in a multiprocessing pool
-  decode-only  JPEG decoding alone (tf.data, one thread per worker)
+  decode-only  JPEG decoding alone (tf.data, one thread per worker), with
+               the pipeline's inverse DCT (data.jpeg_dct)
   decode+crop  the pipeline's decoding step alone (decode_crop: the crop's
                window decoded and resampled), the same way: what decoding
                costs the pipeline, without shuffling, augmentation or batching
@@ -160,10 +161,12 @@ def report(config: ml_collections.ConfigDict) -> str:
   images = _encoded_training_images(data, _IMAGES_PER_ROUND)
   timers = {
       'input': _pipeline_timer(data, batch_size, config.seed),
-      'decode-only': _decode_timer(images, workers, lambda x: tf.io.decode_image(
-          x, channels=3, expand_animations=False)),
+      # DecodeJpeg reads PNGs and GIFs too; JPEGs with the pipeline's DCT.
+      'decode-only': _decode_timer(images, workers, lambda x: tf.io.decode_jpeg(
+          x, channels=3, dct_method=preprocessing.DCT_METHODS[data.jpeg_dct])),
       'decode+crop': _decode_timer(images, workers, lambda x: preprocessing.decode_crop(
-          x, resize_size=data.resize_size, top=0, left=0, size=data.image_size)),
+          x, resize_size=data.resize_size, top=0, left=0, size=data.image_size,
+          dct=data.jpeg_dct)),
   }
   timers['PIL'], stop_pil = _pil_timer(images, data, batch_size, workers)
   rates = {name: [] for name in timers}

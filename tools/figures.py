@@ -17,79 +17,27 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import matplotlib.image
 import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from jax.experimental import multihost_utils
 
 import evaluation
 import input_pipeline
+import parallel
 import run_files
 from data import batching, sources
+from models import kernels as kernels_lib
 
 FIGURES = 'figures'
 FEATURES = 'features'
-SCALE = 4        # screen pixels a side per kernel pixel
-GAP = 2          # pixels between cells of a grid
-BLOCK_GAP = 8    # pixels between the towers' blocks
-COLUMNS = 16     # kernels a row: the paper's figure has 48 a tower, 3 rows of 16
 _CHUNK = 1 << 24  # feature values compared with the queries at once
 
 
 # ---------------------------------------------------------------------------
-# Figure 3: conv1's kernels.
-
-
-def conv1_kernels(params: Any) -> np.ndarray:
-  """conv1's kernels on the host, (towers, k, k, 3, kernels a tower).
-
-  Gathered from every process, so every process must call it.
-  """
-  return np.asarray(multihost_utils.process_allgather(
-      params['conv1']['kernel'], tiled=True), np.float32)
-
-
-def colourfulness(kernels: np.ndarray) -> np.ndarray:
-  """(towers, kernels a tower): the share of each kernel's variance that
-  lies in its colour, i.e. in how each pixel's R, G and B differ from
-  their mean. 0: the same weights in every channel (colour-agnostic); 1:
-  no grey component at all (colour-specific)."""
-  w = np.moveaxis(np.float64(kernels), -1, 1)          # (towers, n, k, k, 3)
-  w = w - w.mean(axis=(2, 3, 4), keepdims=True)
-  colour = w - w.mean(axis=-1, keepdims=True)
-  total = np.square(w).sum(axis=(2, 3, 4))
-  return np.square(colour).sum(axis=(2, 3, 4)) / np.maximum(total, 1e-30)
-
-
-def mosaic(cells: np.ndarray, columns: int, gap: int = GAP) -> np.ndarray:
-  """(n, h, w, 3) uint8 cells -> rows of `columns`, `gap` white pixels apart."""
-  n, h, w, channels = cells.shape
-  columns = min(columns, n)
-  rows = -(-n // columns)
-  out = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, channels),
-                255, np.uint8)
-  for i, cell in enumerate(cells):
-    r, c = divmod(i, columns)
-    out[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = cell
-  return out
-
-
-def filter_grid(kernels: np.ndarray) -> np.ndarray:
-  """conv1's kernels as one uint8 RGB image: a block per tower, top to
-  bottom, COLUMNS kernels a row, each kernel scaled to [0, 255] on its own
-  (its channels together, so grey stays grey) and enlarged SCALE times."""
-  w = np.moveaxis(kernels, -1, 1)                      # (towers, n, k, k, 3)
-  low = w.min(axis=(2, 3, 4), keepdims=True)
-  high = w.max(axis=(2, 3, 4), keepdims=True)
-  cells = np.uint8(np.round(255 * (w - low) / np.maximum(high - low, 1e-30)))
-  cells = cells.repeat(SCALE, axis=2).repeat(SCALE, axis=3)
-  blocks = [mosaic(tower, COLUMNS) for tower in cells]
-  space = np.full((BLOCK_GAP, blocks[0].shape[1], 3), 255, np.uint8)
-  return np.concatenate([part for block in blocks for part in (space, block)][1:])
+# Figure 3: conv1's kernels (models/kernels.py draws them).
 
 
 def _save_png(workdir: str, name: str, image: np.ndarray) -> str:
@@ -104,16 +52,16 @@ def filters(config: ml_collections.ConfigDict, workdir: str) -> str:
   """--mode=filters: writes the checkpoint's conv1 grid; returns the
   towers' colourfulness."""
   chosen = evaluation.restore_chosen(config, workdir)
-  kernels = conv1_kernels(chosen.state.params)
+  kernels = parallel.host_array(chosen.state.params['conv1']['kernel'])
   towers, k, _, _, n = kernels.shape
-  path = _save_png(workdir, f'conv1_{chosen.step}.png', filter_grid(kernels))
+  path = _save_png(workdir, f'conv1_{chosen.step}.png', kernels_lib.filter_grid(kernels))
   lines = [
       f'{chosen.description}: conv1\'s {towers * n} kernels ({k}x{k}x3) in '
       f'{path}, one block per tower, top to bottom (the paper\'s Figure 3).',
       "Colourfulness, the share of a kernel's variance in its colour (0: grey, "
       '1: no grey part):',
       f'{"tower":<7}{"kernels":>8}{"mean":>8}{"median":>8}{"> 0.5":>8}']
-  for t, values in enumerate(colourfulness(kernels)):
+  for t, values in enumerate(kernels_lib.colourfulness(kernels)):
     lines.append(f'{t + 1:<7}{n:>8}{values.mean():>8.3f}{np.median(values):>8.3f}'
                  f'{int((values > 0.5).sum()):>8}')
   return '\n'.join(lines)
@@ -248,7 +196,7 @@ def neighbours(config: ml_collections.ConfigDict, workdir: str) -> str:
                             config.predict.neighbours)
   split_index = rows * stride
   found = _training_crops(chosen, split_index.ravel())
-  grid = mosaic(np.stack([image for q, row in zip(np.concatenate(crops), split_index)
+  grid = kernels_lib.mosaic(np.stack([image for q, row in zip(np.concatenate(crops), split_index)
                           for image in (q, *(found[int(i)] for i in row))]),
                 columns=split_index.shape[1] + 1)
   png = _save_png(workdir, f'neighbours_{chosen.step}.png', grid)
