@@ -16,7 +16,7 @@ import sys
 import flax
 import pytest
 
-from configs import alexnet
+from configs import alexnet, command_line, validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ['README.md', *sorted(os.path.relpath(p, REPO) for p in
@@ -53,53 +53,16 @@ def test_the_docs_have_commands():
   assert _python_commands('python -m tools.')
 
 
-def _load_config(spec: str):
-  """The config that --config=PATH[:VARIANTS] names, built as main.py builds it."""
-  path, _, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location(
-      'doc_config', os.path.join(REPO, path))
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
-def _override(config, key: str, text: str) -> None:
-  """Sets config key `key` from flag text, as config_flags would: the key
-  must exist and the value must parse as the field's type."""
-  *parents, name = key.split('.')
-  for parent in parents:
-    config = config[parent]
-  assert name in config, f'no config key {key!r}'
-  old = config[name]
-  if isinstance(old, (tuple, list)):
-    value = ast.literal_eval(text)
-  elif isinstance(old, bool):
-    assert text in ('True', 'False', 'true', 'false'), (key, text)
-    value = text.lower() == 'true'
-  elif old is None:
-    value = text
-  else:
-    value = type(old)(text)
-  config[name] = value
-
-
 def _parse_main_args(args: list[str]) -> dict[str, str]:
-  """main.py's flags: the config built and overridden; the rest returned."""
-  flag_values, config = {}, None
-  for arg in args:
-    assert arg.startswith('--') and '=' in arg, arg
-    name, value = arg[2:].split('=', 1)
-    if name == 'config':
-      config = _load_config(value)
-    elif name.startswith('config.'):
-      assert config is not None, f'{arg} before --config'
-      _override(config, name[len('config.'):], value)
-    else:
-      assert name in ('workdir', 'mode', 'coordinator_address',
-                      'num_processes', 'process_id'), f'unknown flag --{name}'
-      flag_values[name] = value
-  assert config is not None, 'no --config'
-  return flag_values
+  """main.py's flags: the config built and checked as main.py builds and
+  checks it; the other flags returned by name."""
+  config_args = [a for a in args if a.startswith('--config')]
+  validation.check(command_line.load(config_args))
+  other = dict(a[2:].split('=', 1) for a in args if a not in config_args)
+  unknown = set(other) - {'workdir', 'mode', 'coordinator_address',
+                          'num_processes', 'process_id'}
+  assert not unknown, f'unknown flags {unknown}'
+  return other
 
 
 @pytest.fixture(scope='module')
@@ -126,9 +89,9 @@ def test_main_commands_parse(doc, command, modes):
 def test_tool_commands_name_a_tool_and_a_valid_config(doc, command):
   args = shlex.split(command)
   assert importlib.util.find_spec(args[2]) is not None, (doc, command)
-  for arg in args[3:]:
-    if arg.startswith('--config='):
-      _load_config(arg.split('=', 1)[1])
+  config_args = [a for a in args[3:] if a.startswith('--config=')]
+  if config_args:
+    validation.check(command_line.load(config_args))
 
 
 @pytest.mark.parametrize('doc', DOCS)
