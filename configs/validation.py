@@ -116,6 +116,13 @@ RULES: dict[str, Check] = {
     'predict.top_k': _int(1),
     'predict.neighbours': _int(1),
     'predict.neighbour_subset': _int(0),
+    'benchmark.steps': _int(1),
+    'benchmark.rounds': _int(1),
+    'benchmark.torch': _one_of('best', 'eager', 'off'),
+    'profile_steps': ((lambda x: isinstance(x, (tuple, list)) and (
+        len(x) == 0 or (len(x) == 2 and all(isinstance(v, int) for v in x)
+                        and x[0] >= 0 and x[1] >= 1))),
+                      '() or (first step >= 0, number of steps >= 1)'),
     'init_from': _optional_str(),
     'data.stats_file': _optional_str(),
     'data.image_folder': _optional_str(),

@@ -8,7 +8,6 @@ tower is still computed with plain convolutions.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable
 
@@ -145,73 +144,6 @@ class LocalResponseNorm(nn.Module):
     return x / jnp.power(self.k + self.alpha * sum_sq, self.beta)
 
 
-def _window_slices(x: jax.Array, window: int, stride: int,
-                   out: tuple[int, int]) -> list[jax.Array]:
-  """Each window position's elements, row-major: strided slices of `x` over
-  its height and width (axes -3, -2) of the pooled shape `out`."""
-  lead = (1,) * (x.ndim - 3)
-  return [lax.slice(x, (0,) * (x.ndim - 3) + (i, j, 0),
-                    (*x.shape[:-3], i + (out[0] - 1) * stride + 1,
-                     j + (out[1] - 1) * stride + 1, x.shape[-1]),
-                    (*lead, stride, stride, 1))
-          for i in range(window) for j in range(window)]
-
-
-def _pooled_size(size: tuple[int, int], window: int, stride: int) -> tuple[int, int]:
-  return tuple((s - window) // stride + 1 for s in size)
-
-
-def _max_and_argmax(x: jax.Array, window: int, stride: int,
-                    size: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
-  """The pooled maxima and, per output, the row-major position in its window
-  of the first maximum."""
-  slices = _window_slices(x, window, stride, _pooled_size(size, window, stride))
-  y, position = slices[0], jnp.zeros(slices[0].shape, jnp.int32)
-  for k, s in enumerate(slices[1:], 1):
-    position = jnp.where(s > y, k, position)
-    y = jnp.maximum(y, s)
-  return y, position.astype(jnp.int8 if window * window < 128 else jnp.int32)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool(x: jax.Array, window: int, stride: int,
-              size: tuple[int, int]) -> jax.Array:
-  return _max_and_argmax(x, window, stride, size)[0]
-
-
-def _max_pool_backward(window: int, stride: int, size: tuple[int, int],
-                       position: jax.Array, g: jax.Array) -> tuple[jax.Array]:
-  """Each output's gradient to its window's first maximum, as XLA's
-  select-and-scatter and PyTorch give it: one fused pass of padded copies."""
-  out = position.shape[-3:-1]
-  zero = jnp.zeros((), g.dtype)
-  dx = None
-  for k in range(window * window):
-    i, j = divmod(k, window)
-    pads = [(0, 0, 0)] * (g.ndim - 3) + [
-        (i, size[0] - i - (out[0] - 1) * stride - 1, stride - 1),
-        (j, size[1] - j - (out[1] - 1) * stride - 1, stride - 1), (0, 0, 0)]
-    term = lax.pad(jnp.where(position == k, g, zero), zero, pads)
-    dx = term if dx is None else dx + term
-  return (dx,)
-
-
-_max_pool.defvjp(
-    lambda x, window, stride, size: _max_and_argmax(x, window, stride, size),
-    _max_pool_backward)
-
-
-def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
-  """Max pooling over axes -3 and -2 (height, width), unpadded.
-
-  Computed from strided slices, with a gradient from each window's argmax:
-  XLA's own reduce-window gradient (select-and-scatter, lowered with
-  index arrays and a scatter) took most of the CPU backward pass's
-  non-convolution time (docs/performance.md).
-  """
-  return _max_pool(x, window, stride, tuple(x.shape[-3:-1]))
-
-
 class MaxPool(nn.Module):
   """Max pooling over height and width of tower-major activations."""
   window: int = 3
@@ -219,4 +151,4 @@ class MaxPool(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return max_pool(x, self.window, self.stride)
+    return nn.max_pool(x, (self.window, self.window), (self.stride, self.stride))

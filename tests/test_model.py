@@ -95,23 +95,18 @@ def test_lrn_differs_from_alpha_over_n_convention():
   assert not np.allclose(paper, caffe_style, rtol=1e-4)
 
 
-@pytest.mark.parametrize('window, stride, size', [(3, 2, 13), (3, 2, 14), (2, 2, 9)])
-def test_max_pool_and_its_gradient_match_xlas(window, stride, size):
-  """Values and gradients equal nn.max_pool's, ties included: with many
-  equal values (ReLU's zeros, small integers) the first maximum in each
-  window takes the gradient, as select-and-scatter gives it."""
-  rng = np.random.RandomState(0)
-  x = jnp.asarray(np.maximum(rng.randint(-3, 3, (2, 3, size, size, 5)), 0), jnp.float32)
-  g = jnp.asarray(rng.randn(*layers.max_pool(x, window, stride).shape), jnp.float32)
-
-  def reference(x):
-    return nn.max_pool(x, (window, window), (stride, stride))
-
-  np.testing.assert_array_equal(layers.max_pool(x, window, stride), reference(x))
-  grad, = jax.vjp(lambda x: layers.max_pool(x, window, stride), x)[1](g)
-  expected, = jax.vjp(reference, x)[1](g)
-  # Where windows overlap, two gradients add in either order.
-  np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
+@pytest.mark.parametrize('window, stride, out', [(3, 2, 6), (2, 2, 6)])
+def test_max_pool_takes_each_windows_maximum(window, stride, out):
+  """Section 3.4: z x z windows s apart over height and width of each tower's
+  maps; overlapping (z=3) and not (z=2) give the same 6x6 from 13x13."""
+  x = np.random.RandomState(0).randn(2, 2, 13, 13, 3).astype(np.float32)
+  y = np.asarray(layers.MaxPool(window, stride).apply({}, jnp.asarray(x)))
+  expected = np.empty((2, 2, out, out, 3), np.float32)
+  for i in range(out):
+    for j in range(out):
+      window_values = x[:, :, i * stride:i * stride + window, j * stride:j * stride + window]
+      expected[:, :, i, j] = window_values.max(axis=(2, 3))
+  np.testing.assert_array_equal(y, expected)
 
 
 def _conv_and_input(mix_towers, seed=0):

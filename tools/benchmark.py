@@ -31,9 +31,9 @@ import tempfile
 from typing import Any
 
 import ml_collections
+from absl import logging
 
 from configs import alexnet
-from models import presets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,7 +76,8 @@ class Worker:
     env = {**os.environ, 'PYTHONPATH': REPO,
            # Both workers share a GPU; without this JAX takes 75% at start.
            'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.45',
-           # torch.compile's first step compiles, not reads a cache.
+           # The first step compiles in both, not reads a cache.
+           'JAX_ENABLE_COMPILATION_CACHE': 'false',
            'TORCHINDUCTOR_FORCE_DISABLE_CACHES': '1'}
     self.process = subprocess.Popen(
         [sys.executable, '-m', 'tools.benchmark_worker'], cwd=REPO, env=env,
@@ -202,8 +203,7 @@ def _gib(n: int) -> str:
 
 
 def format_report(results: list[Result], header: list[str],
-                  peak: float | None, flops: dict[str, float],
-                  notes: list[str]) -> str:
+                  peak: float | None, flops: dict[str, float]) -> str:
   def mfu(r: Result) -> str:
     return f'{100 * flops[r.arch] / r.median / peak:.1f}%' if peak else 'n/a'
 
@@ -230,7 +230,7 @@ def format_report(results: list[Result], header: list[str],
                    f'{mine.images_per_sec / theirs.images_per_sec:.2f}, MFU {mfu(mine)}')
     else:
       lines.append(f'{arch}: jax img/s {mine.images_per_sec:.1f}, MFU {mfu(mine)}')
-  return '\n'.join([*lines, *notes])
+  return '\n'.join(lines)
 
 
 def report(config: ml_collections.ConfigDict) -> str:
@@ -250,13 +250,9 @@ def report(config: ml_collections.ConfigDict) -> str:
   if unknown := [a for a in names if a not in ARCHITECTURES]:
     raise ValueError(f'benchmark.architectures names {unknown}; known: '
                      f'{", ".join(ARCHITECTURES)}.')
-  results, flops, notes, first = [], {}, [], None
+  results, flops, first = [], {}, None
   for arch in names:
-    preset = ARCHITECTURES[arch].split('arch=')[1].split(',')[0]
-    if preset not in presets.ARCHITECTURES:
-      notes.append(f'{arch}: skipped, models/presets.py has no {preset!r} '
-                   'architecture in this version.')
-      continue
+    logging.info('Measuring %s (%d of %d).', arch, names.index(arch) + 1, len(names))
     variants = arch_variants(arch, config)
     arch_results, ready = measure(
         arch, variants, arch_config(variants, config.batch_size, config.model.num_classes),
@@ -265,8 +261,6 @@ def report(config: ml_collections.ConfigDict) -> str:
     flops[arch] = ready['flops']
     first = first or ready
     first['matmul'] = max(first['matmul'], ready['matmul'])
-  if not results:
-    return '\n'.join(notes)
   import jax  # the parent starts no backend: the workers own the devices
   peak, source = peak_flops(first['platform'], first['device_kind'],
                             config.model.dtype, first['matmul'])
@@ -279,4 +273,4 @@ def report(config: ml_collections.ConfigDict) -> str:
       'Peak: ' + (f'{peak / 1e9:,.1f} GFLOP/s ({source}).' if peak else source + '.'),
       'Peak memory: ' + '; '.join(sorted({f'{r.framework}: {r.memory_source}'
                                           for r in results})) + '.']
-  return format_report(results, header, peak, flops, notes)
+  return format_report(results, header, peak, flops)
