@@ -25,7 +25,7 @@ scratch=$(mktemp -d)
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 
 if [[ ${SMOKE:-0} == 1 ]]; then
-  dtypes=(float32); batches=(2); photos=48; train_steps=4; limit=600
+  dtypes=(float32); batches=(2); photos=520; train_steps=4; limit=600
   bench=(--config.benchmark.variants=size=tiny --config.benchmark.steps=1
          --config.benchmark.rounds=1 --config.benchmark.torch=eager)
   train=(--config=configs/alexnet.py:size=tiny --config.batch_size=8
@@ -36,16 +36,17 @@ else
   train=(--config=configs/alexnet.py --config.batch_size=128)
 fi
 
-step() {  # step NAME SECONDS COMMAND...: runs it, logs it, notes how it ended
+step() {  # step NAME SECONDS COMMAND...: runs it (false if ONLY skips it), logs it
   local name=$1 seconds=$2
   shift 2
-  [[ $name =~ ${ONLY:-.} ]] || return 0
+  [[ $name =~ ${ONLY:-.} ]] || return 1
   printf '\n## %s: %s\n' "$name" "$*" | tee -a "$out/summary.txt" >> "$out/log.txt"
   local start=$SECONDS
   timeout "$seconds" "$@" >> "$out/log.txt" 2>&1
   local rc=$?
   echo "exit $rc after $((SECONDS - start)) s$([[ $rc == 124 ]] && echo ' (time limit)')" \
     >> "$out/summary.txt"
+  return $rc
 }
 
 train_rates() {  # train_rates WORKDIR: the steady train img/s and data-wait fraction
@@ -71,8 +72,8 @@ for dtype in "${dtypes[@]}"; do
     step "benchmark_${dtype}_${batch}" "$limit" "$python" main.py \
       --config=configs/alexnet.py:dtype="$dtype" --mode=benchmark \
       --config.batch_size="$batch" --config.benchmark.architectures=paper,towers=1 \
-      "${bench[@]}"
-    grep -E '^(paper|towers=1): ' "$out/log.txt" | tail -n 2 >> "$out/summary.txt"
+      "${bench[@]}" &&
+      grep -E '^(paper|towers=1): ' "$out/log.txt" | tail -n 2 >> "$out/summary.txt"
   done
 done
 
@@ -85,10 +86,10 @@ for source in photos prepared; do
   [[ $source == prepared ]] && data+=(--config.data.prepared_dir="$scratch/prepared")
   step "train_$source" "$limit" "$python" main.py "${train[@]}" "${data[@]}" \
     --workdir="$scratch/run_$source" --config.num_train_steps="$train_steps" \
-    --config.log_every_steps=$((train_steps / 10 > 0 ? train_steps / 10 : 1))
-  [[ -f $scratch/run_$source/metrics.jsonl ]] && train_rates "$scratch/run_$source"
+    --config.log_every_steps=$((train_steps / 10 > 0 ? train_steps / 10 : 1)) &&
+    [[ -f $scratch/run_$source/metrics.jsonl ]] && train_rates "$scratch/run_$source"
   step "benchmark_input_$source" "$limit" "$python" main.py "${train[@]}" "${data[@]}" \
-    --mode=benchmark_input
-  grep -E '^input img/s' "$out/log.txt" | tail -n 1 >> "$out/summary.txt"
+    --mode=benchmark_input &&
+    grep -E '^input img/s' "$out/log.txt" | tail -n 1 >> "$out/summary.txt"
 done
 rm -rf "$scratch"
