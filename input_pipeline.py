@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import ml_collections
+import numpy as np
 
-from data import batching, sources
+from data import batching, sources, statistics
 
 Batch = batching.Batch
 DatasetInfo = sources.DatasetInfo
@@ -38,6 +39,13 @@ def eval_iterator(data: ml_collections.ConfigDict, *, batch_size: int,
   """One exact pass over this process's shard of the evaluation split,
   padded with mask-0 examples; `batch_size` per process."""
   return batching.eval_batches(data, batch_size=batch_size, ten_crop=ten_crop)
+
+
+def mean_image(data: ml_collections.ConfigDict) -> np.ndarray | None:
+  """The mean image training batches leave to the compiled step to
+  subtract (trainer.Trainer), or None with a per-channel mean."""
+  mean = statistics.normalization(data).mean
+  return mean if mean.ndim == 3 else None
 
 
 def steps_per_epoch(data: ml_collections.ConfigDict, batch_size: int) -> int:

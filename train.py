@@ -58,7 +58,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                else int(config.num_epochs * steps_per_epoch))
   eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
 
-  trainer = Trainer(config, mesh, steps_per_epoch)
+  trainer = Trainer(config, mesh, steps_per_epoch, input_pipeline.mean_image(config.data))
   checkpoints = checkpointing.Checkpoints(workdir, config)
   restored = checkpoints.restore_latest(trainer)
   if restored is not None:

@@ -11,6 +11,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 import ml_collections
 import numpy as np
 import optax
@@ -93,16 +94,28 @@ def relu_zero_fractions(relus: dict[str, jax.Array]) -> dict[str, jax.Array]:
   return fractions
 
 
-def standardize(batch: dict[str, jax.Array], std: tuple[float, ...]) -> jax.Array:
+def standardize(batch: dict[str, jax.Array], std: tuple[float, ...],
+                mean_image: np.ndarray | None = None) -> jax.Array:
   """The model's input: (image + shift) / std in float32, reflected where
   the batch's 'flip' says (training batches).
 
   The input pipeline sends uint8 pixels, each image's colour shift (minus
   the mean, plus its PCA lighting offset) and, for training, whether to
   reflect it; done here, all of it fuses into one pass before the first
-  convolution instead of costing the host a pass over the pixels.
+  convolution instead of costing the host a pass over the pixels. A batch
+  with 'corner' (training with a mean image) has `mean_image`'s window at
+  each crop's corner subtracted too.
   """
-  images = (batch['image'].astype(jnp.float32) + batch['shift']) / jnp.float32(std)
+  shift = batch['shift']
+  if 'corner' in batch:
+    if mean_image is None:
+      raise ValueError("The batch has crop corners ('corner') for a mean image, "
+                       'but the Trainer was given no mean_image.')
+    size = batch['image'].shape[-2]
+    shift = shift - jax.vmap(lambda corner: lax.dynamic_slice(
+        jnp.asarray(mean_image), (corner[0], corner[1], 0), (size, size, 3)))(
+            batch['corner'])
+  images = (batch['image'].astype(jnp.float32) + shift) / jnp.float32(std)
   if 'flip' in batch:
     images = jnp.where(batch['flip'][:, None, None, None], images[:, :, ::-1],
                        images)
@@ -128,10 +141,11 @@ def _variables(state: TrainState, params: Any) -> dict[str, Any]:
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation,
                learning_rate: lr_schedule.LearningRate,
-               std: tuple[float, ...]) -> tuple[TrainState, TrainMetrics]:
+               std: tuple[float, ...], mean_image: np.ndarray | None = None
+               ) -> tuple[TrainState, TrainMetrics]:
   """One SGD step on a global batch."""
   dropout_rng = jax.random.fold_in(state.rng, state.step)
-  images = standardize(batch, std)
+  images = standardize(batch, std, mean_image)
 
   def loss_fn(params):
     logits, updates = model.apply(
@@ -211,8 +225,11 @@ class Trainer:
   """The model, optimizer and schedule, compiled for one mesh."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-               steps_per_epoch: int | None = None):
-    """`steps_per_epoch` places a step schedule's boundaries (training)."""
+               steps_per_epoch: int | None = None,
+               mean_image: np.ndarray | None = None):
+    """`steps_per_epoch` places a step schedule's boundaries (training);
+    `mean_image` is subtracted under the crops of training batches that
+    carry their corners (data/batching.py)."""
     parallel.check_rules(config.axis_rules)
     parallel.check_batch(config.batch_size, mesh, config.axis_rules)
     parallel.check_batch(config.eval_batch_size, mesh, config.axis_rules,
@@ -240,7 +257,8 @@ class Trainer:
     std = tuple(config.data.std_rgb)
     self._p_train_step = jax.jit(
         functools.partial(train_step, model=self.model, tx=self.tx,
-                          learning_rate=self.learning_rate, std=std),
+                          learning_rate=self.learning_rate, std=std,
+                          mean_image=mean_image),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, replicated), donate_argnums=0)
     self._p_eval_step = jax.jit(

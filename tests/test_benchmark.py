@@ -31,7 +31,7 @@ def test_smoke_run_prints_the_table_and_a_line_per_architecture(tmp_path):
        '--config.batch_size=2', '--config.benchmark.steps=1',
        '--config.benchmark.variants=size=tiny',
        '--config.benchmark.rounds=2', '--config.benchmark.torch=eager',
-       '--config.benchmark.architectures=paper,one_gpu'],
+       '--config.benchmark.architectures=paper'],
       cwd=REPO, capture_output=True, text=True, timeout=600,
       env={**os.environ, 'XLA_FLAGS': ''})  # one CPU device, as users run it
   assert result.returncode == 0, result.stderr[-3000:]
@@ -44,9 +44,7 @@ def test_smoke_run_prints_the_table_and_a_line_per_architecture(tmp_path):
   for framework, mode in (('jax', 'jit'), ('torch', 'eager, contiguous')):
     assert re.search(rf'^paper\s+{framework}\s+{mode}\s+[\d.]+ s\s+[\d.]+ s \([\d.]+-[\d.]+\)'
                      r'\s+[\d.]+\s+[\d.]+ GiB\s+[\d.]+%$', out, re.M), out
-  lines = dict(LINE.findall(out))
-  assert lines['paper'] == 'eager, contiguous'
-  assert lines['one_gpu'] == 'eager, contiguous'
+  assert LINE.findall(out) == [('paper', 'eager, contiguous')]
 
 
 def _result(arch, framework, seconds):
@@ -78,7 +76,8 @@ def test_unknown_architecture_and_torch_mode_are_named(small_config):
 
 
 @pytest.mark.parametrize('arch, params', [
-    ('paper', 60_965_224), ('towers=1', 62_378_344), ('owt', 61_100_840)])
+    ('paper', 60_965_224), ('towers=1', 62_378_344), ('one_gpu', 59_798_312),
+    ('owt', 61_100_840)])
 def test_torch_network_is_the_same_network(arch, params):
   """The parameter counts tests/test_model.py pins for the JAX network."""
   config = benchmark.arch_config(benchmark.ARCHITECTURES[arch], 64, 0)

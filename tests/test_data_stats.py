@@ -194,7 +194,9 @@ def test_paper_config_computes_the_mean_image_once_then_reads_it(
   np.testing.assert_array_equal(again.mean, norm.mean)
   assert 'computing' not in caplog.text
   batch = next(input_pipeline.train_iterator(paper_data, batch_size=4, seed=0))
-  assert batch['shift'].shape == (4, 28, 28, 3)  # the mean image under each crop
+  # The mean image under each crop is the compiled step's to subtract.
+  assert batch['shift'].shape == (4, 1, 1, 3) and batch['corner'].shape == (4, 2)
+  np.testing.assert_array_equal(input_pipeline.mean_image(paper_data), norm.mean)
 
 
 def test_a_corrupt_or_stale_cache_is_recomputed_with_a_warning(
@@ -253,11 +255,18 @@ def test_training_subtracts_the_mean_image_of_the_stats_file(stats):
   data.update(dict(image_folder=str(root), resize_size=SIZE, image_size=28,
                    stats_file=path, mean_image=True, pca_sigma=0.0,
                    std_rgb=(1.0, 1.0, 1.0)))
-  assert statistics.normalization(data).mean.shape == (SIZE, SIZE, 3)
+  mean = statistics.normalization(data).mean
+  assert mean.shape == (SIZE, SIZE, 3)
   batch = next(input_pipeline.train_iterator(data, batch_size=48, seed=0))
-  assert batch['shift'].shape == (48, 28, 28, 3)
+  centred = np.asarray(trainer.standardize(batch, data.std_rgb, mean))
+  # Each image minus the mean image's window under its crop, then reflected.
+  for i, (top, left) in enumerate(batch['corner']):
+    expected = batch['image'][i] + batch['shift'][i] - mean[top:top + 28, left:left + 28]
+    expected = expected[:, ::-1] if batch['flip'][i] else expected
+    np.testing.assert_allclose(centred[i], expected, rtol=1e-6, atol=1e-4)
+  with pytest.raises(ValueError, match='given no mean_image'):
+    trainer.standardize(batch, data.std_rgb)
   # Centred per pixel: every position averages to about zero over the set.
-  centred = np.asarray(trainer.standardize(batch, data.std_rgb))
   assert np.abs(centred.mean(axis=0)).max() < 0.5 * 255 * np.sqrt(EIGVAL[0])
   assert np.abs(centred.mean()) < 1
   data.mean_image = False

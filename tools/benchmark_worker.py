@@ -6,8 +6,9 @@ reads a JSON spec on stdin (framework 'jax' or 'torch', the network, batch,
 dtype), builds and runs the first step, then answers JSON requests a line
 each: {"steps": n} times n steps; {"finish": true} reports peak memory and
 exits. Framework 'choose_torch_mode' instead tries PyTorch's modes and
-answers with the fastest, so that the measured process holds one model. Each framework has a process of its own so that its threads, memory
-peak and imports do not touch the other's; the parent alternates rounds
+answers with the fastest, so that the measured process holds one model.
+Each framework has a process of its own so that its threads, memory peak
+and imports do not touch the other's; the parent alternates rounds
 between them. Only the framework's own modules are imported: the PyTorch
 worker never imports JAX, nor the JAX worker PyTorch.
 """
