@@ -63,11 +63,10 @@ class JaxStep:
     import jax.numpy as jnp
 
     import parallel
+    from tools import benchmark
     from trainer import Trainer, synthetic_batch
 
     self.jax = jax
-    from tools import benchmark
-
     config = benchmark.arch_config(spec['variants'], spec['batch_size'],
                                    spec['num_classes'])
     mesh = parallel.make_mesh(config.mesh)
