@@ -87,7 +87,8 @@ class Chosen:
 def restore_chosen(config: ml_collections.ConfigDict, workdir: str) -> Chosen:
   """Restores config.eval.checkpoint (latest, best or a step) of `workdir`."""
   config = input_pipeline.with_dataset_classes(config)
-  trainer = Trainer(config, parallel.make_mesh(config.mesh))
+  trainer = Trainer(config, parallel.make_mesh(config.mesh),
+                    mean_image=input_pipeline.mean_image(config.data))
   checkpoints = checkpointing.Checkpoints(workdir, config, read_only=True)
   step = _choose_step(str(config.eval.checkpoint), checkpoints)
   state = checkpoints.restore(trainer, step).state
@@ -139,7 +140,7 @@ def outputs(chosen: Chosen, examples: tf.data.Dataset,
       valid = batch['index'] >= 0
       index = batch['index'][valid]
       values = {**chosen.trainer.predict(chosen.state, batch),
-                **{k: v for k, v in batch.items() if k not in ('index', 'shift')}}
+                **{k: v for k, v in batch.items() if k not in ('index', 'shift', 'corner')}}
       values = {k: v[valid] for k, v in values.items()}
       # A batch holds at least one example: failures are dropped before
       # batching, and leave gaps in the indices.

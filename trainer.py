@@ -94,43 +94,60 @@ def relu_zero_fractions(relus: dict[str, jax.Array]) -> dict[str, jax.Array]:
   return fractions
 
 
+def mean_windows(mean_image: np.ndarray, corner: jax.Array, size: int) -> jax.Array:
+  """`mean_image`'s (size, size) windows at `corner`'s (top, left) pairs:
+  (..., 2) -> (..., size, size, 3)."""
+  flat = corner.reshape(-1, 2)
+  windows = jax.vmap(lambda c: lax.dynamic_slice(
+      jnp.asarray(mean_image), (c[0], c[1], 0), (size, size, 3)))(flat)
+  return windows.reshape(*corner.shape[:-1], size, size, 3)
+
+
 def standardize(batch: dict[str, jax.Array], std: tuple[float, ...],
                 mean_image: np.ndarray | None = None) -> jax.Array:
   """The model's input: (image + shift) / std in float32, reflected where
   the batch's 'flip' says (training batches).
 
   The input pipeline sends uint8 pixels, each image's colour shift (minus
-  the mean, plus its PCA lighting offset) and, for training, whether to
-  reflect it; done here, all of it fuses into one pass before the first
-  convolution instead of costing the host a pass over the pixels. A batch
-  with 'corner' (training with a mean image) has `mean_image`'s window at
-  each crop's corner subtracted too.
+  the per-channel mean, plus its PCA lighting offset) and, for training,
+  whether to reflect it; done here, all of it fuses into one pass before
+  the first convolution instead of costing the host a pass over the pixels.
+  A batch with 'corner' (made with a mean image) has `mean_image`'s window
+  at each crop's corner subtracted too. Evaluation's ten crops come as
+  five patches, (N, 5, S, S, 3), and leave as (N, 10, S, S, 3), the five
+  then their reflections (section 4.1).
   """
   shift = batch['shift']
   if 'corner' in batch:
     if mean_image is None:
       raise ValueError("The batch has crop corners ('corner') for a mean image, "
-                       'but the Trainer was given no mean_image.')
-    size = batch['image'].shape[-2]
-    shift = shift - jax.vmap(lambda corner: lax.dynamic_slice(
-        jnp.asarray(mean_image), (corner[0], corner[1], 0), (size, size, 3)))(
-            batch['corner'])
+                       'but the Trainer was given no mean_image; pass it '
+                       'input_pipeline.mean_image(config.data).')
+    shift = shift - mean_windows(mean_image, batch['corner'], batch['image'].shape[-2])
   images = (batch['image'].astype(jnp.float32) + shift) / jnp.float32(std)
   if 'flip' in batch:
     images = jnp.where(batch['flip'][:, None, None, None], images[:, :, ::-1],
                        images)
+  if images.ndim == 5:
+    images = jnp.concatenate([images, images[:, :, :, ::-1]], axis=1)
   return images
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int,
-                    seed: int = 0) -> dict[str, np.ndarray]:
-  """Random uint8 images and labels laid out as the input pipeline's batches."""
+                    seed: int = 0, corners: bool = False) -> dict[str, np.ndarray]:
+  """Random uint8 images and labels laid out as the input pipeline's
+  training batches; with `corners`, as it lays them out for a mean image."""
   rng = np.random.RandomState(seed)
   size = config.data.image_size
-  return {'image': rng.randint(0, 256, (batch_size, size, size, 3)).astype(np.uint8),
-          'shift': np.tile(-np.float32(config.data.mean_rgb), (batch_size, 1, 1, 1)),
-          'label': rng.randint(0, config.model.num_classes, batch_size).astype(np.int32),
-          'flip': rng.rand(batch_size) < 0.5}
+  batch = {'image': rng.randint(0, 256, (batch_size, size, size, 3)).astype(np.uint8),
+           'shift': np.tile(-np.float32(config.data.mean_rgb), (batch_size, 1, 1, 1)),
+           'label': rng.randint(0, config.model.num_classes, batch_size).astype(np.int32),
+           'flip': rng.rand(batch_size) < 0.5}
+  if corners:
+    batch['shift'] = np.zeros_like(batch['shift'])
+    far = config.data.resize_size - size
+    batch['corner'] = rng.randint(0, far + 1, (batch_size, 2)).astype(np.int32)
+  return batch
 
 
 def _variables(state: TrainState, params: Any) -> dict[str, Any]:
@@ -192,18 +209,20 @@ def _forward(state: TrainState, images: jax.Array, model: nn.Module
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
-              model: nn.Module, std: tuple[float, ...]) -> EvalMetrics:
-  logits, zeros, _ = _forward(state, standardize(batch, std), model)
+              model: nn.Module, std: tuple[float, ...],
+              mean_image: np.ndarray | None = None) -> EvalMetrics:
+  logits, zeros, _ = _forward(state, standardize(batch, std, mean_image), model)
   return EvalMetrics.single_from_model_output(
       mask=batch['mask'], **classification_outputs(logits, batch['label']),
       **zeros)
 
 
 def predict_step(state: TrainState, batch: dict[str, jax.Array], *,
-                 model: nn.Module, std: tuple[float, ...]) -> dict[str, jax.Array]:
+                 model: nn.Module, std: tuple[float, ...],
+                 mean_image: np.ndarray | None = None) -> dict[str, jax.Array]:
   """Class probabilities (averaged over the crops of a 10-crop batch) and
   fc7's activations, the features of the paper's Figure 4."""
-  logits, _, fc7 = _forward(state, standardize(batch, std), model)
+  logits, _, fc7 = _forward(state, standardize(batch, std, mean_image), model)
   return {'probabilities': jax.nn.softmax(logits), 'fc7': fc7}
 
 
@@ -228,8 +247,8 @@ class Trainer:
                steps_per_epoch: int | None = None,
                mean_image: np.ndarray | None = None):
     """`steps_per_epoch` places a step schedule's boundaries (training);
-    `mean_image` is subtracted under the crops of training batches that
-    carry their corners (data/batching.py)."""
+    `mean_image` is subtracted under the crops of batches that carry their
+    corners (input_pipeline.mean_image gives it; data/batching.py)."""
     parallel.check_rules(config.axis_rules)
     parallel.check_batch(config.batch_size, mesh, config.axis_rules)
     parallel.check_batch(config.eval_batch_size, mesh, config.axis_rules,
@@ -241,6 +260,7 @@ class Trainer:
           'fills in (main.py does); or set --config.model.num_classes.')
     self.config = config
     self.mesh = mesh
+    self.mean_image = mean_image
     self.rules = list(config.axis_rules)
     self.model = AlexNet(**config.model)
     self.tx = create_optimizer(config)
@@ -262,11 +282,13 @@ class Trainer:
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, replicated), donate_argnums=0)
     self._p_eval_step = jax.jit(
-        functools.partial(eval_step, model=self.model, std=std),
+        functools.partial(eval_step, model=self.model, std=std,
+                          mean_image=mean_image),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=replicated)
     self._p_predict_step = jax.jit(
-        functools.partial(predict_step, model=self.model, std=std),
+        functools.partial(predict_step, model=self.model, std=std,
+                          mean_image=mean_image),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=replicated)
 
@@ -306,7 +328,8 @@ class Trainer:
     """The train step lowered for this mesh on abstract inputs (no data, no init)."""
     batch = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.batch_sharding),
-        synthetic_batch(self.config, self.config.batch_size))
+        synthetic_batch(self.config, self.config.batch_size,
+                        corners=self.mean_image is not None))
     state = self.abstract_state()
     with self._context():
       return self._p_train_step.lower(state, batch)
@@ -332,9 +355,9 @@ class Trainer:
   def predict(self, state: TrainState,
               batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A batch's class probabilities and fc7 features (predict_step), of
-    its 'image' and 'shift' only, as NumPy arrays."""
+    its 'image', 'shift' and 'corner' only, as NumPy arrays."""
     _check_keys(batch, _PREDICT_KEYS)
-    batch = {k: batch[k] for k in _PREDICT_KEYS}
+    batch = {k: batch[k] for k in _PREDICT_KEYS | ({'corner'} & batch.keys())}
     with self._context():
       out = self._p_predict_step(state, parallel.global_batch(batch, self.batch_sharding))
     return jax.device_get(out)

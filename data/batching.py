@@ -5,8 +5,8 @@ to add to them (minus the mean, plus the lighting offset) and, in training,
 whether to `flip` (reflect) it; the compiled step finishes with
 (image + shift) / std, reflected where flip is set (trainer.standardize),
 in one fused pass instead of a pass over the pixels on the host. With a
-mean image, training batches carry each crop's `corner` instead of the mean
-under it, and the step subtracts the mean image's window there.
+mean image, batches carry each crop's `corner` instead of the mean under it,
+and the step subtracts the mean image's window there.
 
 Each process reads a disjoint shard; `batch_size` here is the per-process
 batch. The training stream is a pure function of (seed, process, epoch):
@@ -261,42 +261,42 @@ def _eval_batches_per_process(num_examples: int, batch_size: int) -> int:
   return math.ceil(largest / batch_size)
 
 
-def _eval_shift(norm: statistics.Normalization, size: int,
-                ten_crop: bool) -> tf.Tensor:
-  """Minus the mean under the evaluation crops, the same for every image."""
-  shift = -tf.constant(norm.mean)
-  if norm.mean.ndim == 1:
-    return tf.reshape(shift, [1, 1, 1, 3] if ten_crop else [1, 1, 3])
-  if ten_crop:
-    return preprocessing.ten_crops(shift, size)
-  return preprocessing.centre_crop(shift, size)
-
-
-def _eval_view(data: ml_collections.ConfigDict, shift: tf.Tensor, *,
-               ten_crop: bool, resample: bool) -> Callable[[tf.Tensor], Batch]:
-  """Encoded image -> {'image': its centre crop, or its ten crops, uint8;
-  'shift': `shift`}: what evaluation sees of it (section 4.1)."""
+def _eval_view(data: ml_collections.ConfigDict, norm: statistics.Normalization,
+               *, ten_crop: bool, resample: bool
+               ) -> tuple[Callable[[tf.Tensor], Batch], Batch]:
+  """Encoded image -> what evaluation sees of it (section 4.1): 'image', its
+  centre crop, or the ten crops' five patches (the compiled step adds their
+  reflections), uint8; 'shift', minus the per-channel mean; and with a mean
+  image, the crops' 'corner', under which the compiled step subtracts it.
+  Also returns the keys that are the same for every image."""
   size = data.image_size
+  corners = preprocessing.eval_corners(data.resize_size, size, ten_crop)
+  mean_image = norm.mean.ndim == 3
+  minus_mean = np.zeros(3, np.float32) if mean_image else -np.float32(norm.mean)
+  constant = {'shift': tf.constant(minus_mean.reshape([1] * corners.ndim + [1, 3]))}
+  if mean_image:
+    constant['corner'] = tf.constant(corners)
 
-  def view(encoded: tf.Tensor) -> dict[str, tf.Tensor]:
+  def view(encoded: tf.Tensor) -> Batch:
     # The whole square, then the crops: exactly the paper's view, where a
     # window decoded alone can fall up to half a source pixel off.
     image = preprocessing.decode_central_square(
         encoded, data.resize_size, dct=data.jpeg_dct, resample=resample)
-    image = (preprocessing.ten_crops(image, size) if ten_crop
-             else preprocessing.centre_crop(image, size))
-    return {'image': image, 'shift': shift}
+    return {'image': preprocessing.crops(image, corners, size), **constant}
 
-  return view
+  return view, constant
 
 
 def eval_batches(data: ml_collections.ConfigDict, *, batch_size: int,
                  ten_crop: bool = False) -> Iterator[Batch]:
   """One pass over this process's shard of the evaluation split.
 
-  Yields {'image': uint8 (batch_size, S, S, 3), or (batch_size, 10, S, S, 3)
-  with `ten_crop`, 'shift': float32, minus the mean, broadcastable to the
-  images, 'label': int32 (batch_size,), 'mask': float32 (batch_size,)};
+  Yields {'image': uint8 (batch_size, S, S, 3), or (batch_size, 5, S, S, 3),
+  the ten crops' five unreflected patches, with `ten_crop`; 'shift':
+  float32, minus the per-channel mean, broadcastable to the images; with a
+  mean image 'corner': int32 (batch_size, 2) or (batch_size, 5, 2), the
+  crops' corners in the paper's view; 'label': int32 (batch_size,); 'mask':
+  float32 (batch_size,)};
   every example appears exactly once with mask 1, and padding (mask 0)
   fills the last batches. All processes yield the same number of batches.
   An image that fails to decode (with data.skip_corrupt) is left out, which
@@ -304,9 +304,8 @@ def eval_batches(data: ml_collections.ConfigDict, *, batch_size: int,
   """
   _check_sizes(data)
   source = sources.get_source(data)
-  size = data.image_size
-  shift = _eval_shift(statistics.normalization(data, source), size, ten_crop)
-  view = _eval_view(data, shift, ten_crop=ten_crop, resample=not source.views)
+  view, constant = _eval_view(data, statistics.normalization(data, source),
+                              ten_crop=ten_crop, resample=not source.views)
 
   def preprocess(example):
     return {**view(source.load(example['image'])),
@@ -316,10 +315,8 @@ def eval_batches(data: ml_collections.ConfigDict, *, batch_size: int,
   ds = source.read(data.eval_split, None)
   ds = preprocessing.skip_undecodable(
       ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE), data)
-  shape = [10, size, size, 3] if ten_crop else [size, size, 3]
   padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros(shape, tf.uint8),
-      'shift': tf.zeros_like(shift),
+      'image': tf.zeros(ds.element_spec['image'].shape, tf.uint8), **constant,
       'label': tf.constant(0, tf.int32),
       'mask': tf.constant(0.0, tf.float32)}).repeat()
   num_batches = _eval_batches_per_process(
@@ -335,14 +332,15 @@ def indexed_views(data: ml_collections.ConfigDict, examples: tf.data.Dataset,
   """Evaluation's view of {'index': int64, 'image'} examples, in order.
 
   `load` turns 'image' into the encoded image (tf.io.read_file for paths).
-  Yields batches of `batch_size` with the examples' keys, 'image' and
-  'shift' as eval_batches makes them, the last padded with index -1. An example whose
-  image cannot be read or decoded is left out, whatever data.skip_corrupt
-  says: the indices missing from the batches name them.
+  Yields batches of `batch_size` with the examples' keys and 'image',
+  'shift' (and 'corner') as eval_batches makes them, the last padded with
+  index -1. An example whose image cannot be read or decoded is left out,
+  whatever data.skip_corrupt says: the indices missing from the batches
+  name them.
   """
   _check_sizes(data)
-  shift = _eval_shift(statistics.normalization(data), data.image_size, ten_crop)
-  view = _eval_view(data, shift, ten_crop=ten_crop, resample=resample)
+  view, _ = _eval_view(data, statistics.normalization(data),
+                       ten_crop=ten_crop, resample=resample)
   ds = examples.map(lambda ex: {**ex, **view(load(ex['image']))},
                     num_parallel_calls=tf.data.AUTOTUNE)
   ds = sources.deterministic(ds.ignore_errors()).batch(batch_size)

@@ -159,21 +159,25 @@ def decode_central_square(encoded: tf.Tensor, size: int, dct: str = 'accurate',
                      dct=dct, resample=resample)
 
 
-def ten_crops(image: tf.Tensor, size: int) -> tf.Tensor:
-  """The paper's test patches: 4 corners, centre, then their reflections.
-
-  Returns (10, size, size, C) from a square image.
-  """
-  far = tf.shape(image)[0] - size
+def eval_corners(resize_size: int, size: int, ten_crop: bool) -> np.ndarray:
+  """Where evaluation's crops lie in the paper's (resize_size, resize_size)
+  view (section 4.1): (top, left) of the centre crop, (2,), or of the ten
+  crops' five patches, the four corners then the centre, (5, 2). The other
+  five are their reflections, made in the compiled step
+  (trainer.standardize) rather than decoded and sent twice."""
+  far = resize_size - size
   mid = far // 2
-  corners = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
-  crops = tf.stack([image[t:t + size, l:l + size] for t, l in corners])
-  return tf.concat([crops, crops[:, :, ::-1]], axis=0)
+  if not ten_crop:
+    return np.array([mid, mid], np.int32)
+  return np.array([(0, 0), (0, far), (far, 0), (far, far), (mid, mid)], np.int32)
 
 
-def centre_crop(image: tf.Tensor, size: int) -> tf.Tensor:
-  offset = (tf.shape(image)[0] - size) // 2
-  return image[offset:offset + size, offset:offset + size]
+def crops(image: tf.Tensor, corners: np.ndarray, size: int) -> tf.Tensor:
+  """The (size, size) windows of `image` at `corners` (eval_corners):
+  (size, size, C) for one corner, (n, size, size, C) for n."""
+  if corners.ndim == 1:
+    return image[corners[0]:corners[0] + size, corners[1]:corners[1] + size]
+  return tf.stack([crops(image, corner, size) for corner in corners])
 
 
 def lighting_offset(alpha: np.ndarray, eigval: np.ndarray,

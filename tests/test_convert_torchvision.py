@@ -94,7 +94,7 @@ def tiny_torch_model(tmp_path_factory):
 
 
 def _config(size='full'):
-  config = alexnet.get_config(f'arch=owt,size={size}')
+  config = alexnet.get_config(f'arch=owt,mean=channel,size={size}')
   config.data.mean_rgb = convert_torchvision.MEAN_RGB
   config.data.std_rgb = convert_torchvision.STD_RGB
   config.batch_size = config.eval_batch_size = 8
@@ -119,7 +119,7 @@ def test_checkpoint_is_what_eval_predict_and_init_from_restore(tiny_torch_model,
   workdir = str(tmp_path / 'torchvision')
   result = subprocess.run(
       [sys.executable, '-m', 'tools.convert_torchvision',
-       '--config=configs/alexnet.py:arch=owt,size=tiny', f'--weights={path}',
+       '--config=configs/alexnet.py:arch=owt,mean=channel,size=tiny', f'--weights={path}',
        f'--workdir={workdir}', '--config.batch_size=8', '--config.eval_batch_size=8',
        f'--config.data.mean_rgb={config.data.mean_rgb}',
        f'--config.data.std_rgb={config.data.std_rgb}'],
@@ -149,3 +149,6 @@ def test_checkpoint_is_what_eval_predict_and_init_from_restore(tiny_torch_model,
 def test_a_network_other_than_torchvisions_is_refused(tmp_path):
   with pytest.raises(ValueError, match=r'model.towers=2 \(needs 1\).*arch=owt'):
     convert_torchvision.write(alexnet.get_config(), {}, str(tmp_path / 'w'))
+  # Its weights were trained on torchvision's per-channel mean.
+  with pytest.raises(ValueError, match=r'not the paper\'s mean image.*arch=owt,mean=channel'):
+    convert_torchvision.write(alexnet.get_config('arch=owt'), {}, str(tmp_path / 'w'))

@@ -272,3 +272,29 @@ def test_training_subtracts_the_mean_image_of_the_stats_file(stats):
   data.mean_image = False
   np.testing.assert_array_equal(statistics.normalization(data).mean,
                                 statistics.load_stats(path)['mean_rgb'])
+
+
+@pytest.mark.parametrize('ten_crop', [False, True])
+def test_evaluation_subtracts_the_mean_image_under_its_crops(stats, ten_crop):
+  root, path = stats
+  data = demo_config.get_config().data
+  data.update(dict(image_folder=str(root), resize_size=SIZE, image_size=28,
+                   stats_file=path, mean_image=True, std_rgb=(1.0, 2.0, 4.0)))
+  mean = statistics.normalization(data).mean
+  batch = next(input_pipeline.eval_iterator(data, batch_size=4, ten_crop=ten_crop))
+  # Corners, not a float32 copy of the mean under every crop, travel.
+  assert batch['shift'].shape == (4, *[1] * (batch['image'].ndim - 2), 3)
+  assert not batch['shift'].any()
+  got = np.asarray(trainer.standardize(batch, data.std_rgb, mean))
+  # Each crop minus the mean image's window under it; then the reflections.
+  far, mid = SIZE - 28, (SIZE - 28) // 2
+  corners = ([(0, 0), (0, far), (far, 0), (far, far), (mid, mid)] if ten_crop
+             else [(mid, mid)])
+  expected = [batch['image'].reshape(4, -1, 28, 28, 3)[:, c].astype(np.float32)
+              - mean[t:t + 28, l:l + 28] for c, (t, l) in enumerate(corners)]
+  if ten_crop:
+    expected = np.stack(expected + [e[:, :, ::-1] for e in expected], axis=1)
+  else:
+    expected = expected[0]
+  np.testing.assert_allclose(got, expected / np.float32(data.std_rgb),
+                             rtol=1e-6, atol=1e-4)

@@ -529,11 +529,20 @@ def test_fixed_point_bilinear_is_close_to_float_bilinear():
 
 def test_ten_crops_are_the_corners_centre_and_reflections():
   image = np.arange(6 * 6 * 1, dtype=np.float32).reshape(6, 6, 1)
-  crops = preprocessing.ten_crops(tf.constant(image), 4).numpy()
+  patches = preprocessing.crops(
+      tf.constant(image), preprocessing.eval_corners(6, 4, ten_crop=True), 4)
   windows = [image[:4, :4], image[:4, 2:], image[2:, :4], image[2:, 2:],
              image[1:5, 1:5]]
-  expected = np.stack(windows + [w[:, ::-1] for w in windows])
-  np.testing.assert_array_equal(crops, expected)
+  np.testing.assert_array_equal(patches, np.stack(windows))
+  np.testing.assert_array_equal(
+      preprocessing.crops(tf.constant(image),
+                          preprocessing.eval_corners(6, 4, ten_crop=False), 4),
+      image[1:5, 1:5])
+  # The compiled step adds the reflections after the five patches.
+  batch = {'image': patches.numpy()[None], 'shift': np.zeros((1, 1, 1, 1, 1), np.float32)}
+  np.testing.assert_array_equal(
+      trainer.standardize(batch, (1.0,))[0],
+      np.stack(windows + [w[:, ::-1] for w in windows]))
 
 
 def test_ten_crop_eval_batches(data_dir):
@@ -541,11 +550,12 @@ def test_ten_crop_eval_batches(data_dir):
   images, labels = _decoded(data, 'validation')
   batches = list(input_pipeline.eval_iterator(data, batch_size=64,
                                               ten_crop=True))
-  assert [b['image'].shape for b in batches] == [(64, 10, 72, 72, 3)] * 2
+  assert [b['image'].shape for b in batches] == [(64, 5, 72, 72, 3)] * 2
   mask = np.concatenate([b['mask'] for b in batches])
   assert mask.sum() == 100
   first = batches[0]['image'][3]
-  np.testing.assert_array_equal(
-      first, preprocessing.ten_crops(tf.constant(images[3]), 72))
+  np.testing.assert_array_equal(first, preprocessing.crops(
+      tf.constant(images[3]), preprocessing.eval_corners(data.resize_size, 72, ten_crop=True), 72))
   assert batches[0]['shift'].shape == (64, 1, 1, 1, 3)
+  assert 'corner' not in batches[0]  # the per-channel mean travels in 'shift'
   np.testing.assert_array_equal(batches[0]['label'], labels[:64])

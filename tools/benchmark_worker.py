@@ -61,6 +61,7 @@ class JaxStep:
     xla_flags.apply()
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     import parallel
     from tools import benchmark
@@ -70,12 +71,17 @@ class JaxStep:
     config = benchmark.arch_config(spec['variants'], spec['batch_size'],
                                    spec['num_classes'])
     mesh = parallel.make_mesh(config.mesh)
-    trainer = Trainer(config, mesh)
+    # A run's step subtracts the mean image under each crop (data.mean_image);
+    # its values do not change the step's cost.
+    mean_image = (np.full((config.data.resize_size,) * 2 + (3,), 120, np.float32)
+                  if config.data.mean_image else None)
+    trainer = Trainer(config, mesh, mean_image=mean_image)
     self.platform = jax.devices()[0].platform
     self.device_kind = jax.devices()[0].device_kind
     self.state = trainer.init(config.seed)
     self.batch = parallel.global_batch(
-        synthetic_batch(config, parallel.process_batch_size(config.batch_size)),
+        synthetic_batch(config, parallel.process_batch_size(config.batch_size),
+                        corners=mean_image is not None),
         trainer.batch_sharding)
     jax.block_until_ready((self.state, self.batch))
 

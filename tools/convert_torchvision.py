@@ -1,6 +1,6 @@
 """torchvision's AlexNet weights as a checkpoint of the `arch=owt` network.
 
-  python -m tools.convert_torchvision --config=configs/alexnet.py:arch=owt \\
+  python -m tools.convert_torchvision --config=configs/alexnet.py:arch=owt,mean=channel \\
       --weights=alexnet-owt-7be5be79.pth --workdir=runs/torchvision
 
 reads a torchvision AlexNet state dict (torch.load with weights_only=True:
@@ -84,14 +84,20 @@ def convert(state: Mapping[str, np.ndarray]) -> dict:
 
 
 def check_model(config: ml_collections.ConfigDict) -> None:
-  """The config's network is torchvision's, or a clear error naming the keys."""
+  """The config's network and mean are torchvision's, or a clear error
+  naming the keys."""
   wrong = {k: v for k, v in _TORCHVISION_MODEL.items() if config.model[k] != v}
   if wrong:
     raise ValueError(
         'torchvision\'s AlexNet is the `arch=owt` network; this config differs '
         'in ' + ', '.join(f'model.{k}={config.model[k]!r} (needs {v!r})'
                           for k, v in wrong.items()) +
-        '. Use --config=configs/alexnet.py:arch=owt.')
+        '. Use --config=configs/alexnet.py:arch=owt,mean=channel.')
+  if config.data.mean_image:
+    raise ValueError(
+        "torchvision's weights expect its per-channel normalisation, not the "
+        "paper's mean image (data.mean_image=True, arch=owt's default); use "
+        '--config=configs/alexnet.py:arch=owt,mean=channel.')
 
 
 def write(config: ml_collections.ConfigDict, state_dict: Mapping[str, np.ndarray],
@@ -114,7 +120,7 @@ def write(config: ml_collections.ConfigDict, state_dict: Mapping[str, np.ndarray
   if jax.tree.map(np.shape, params) != shapes:
     raise ValueError(f'The weights\' shapes {jax.tree.map(np.shape, params)} do not '
                      f'fit the config\'s network {shapes}; use '
-                     '--config=configs/alexnet.py:arch=owt with its default widths.')
+                     '--config=configs/alexnet.py:arch=owt,mean=channel with its default widths.')
   state = state.replace(params=jax.device_put(params, trainer.state_sharding.params))
   checkpoints = checkpointing.Checkpoints(workdir, config)
   checkpoints.save(state, results={}, evaluated=False)
@@ -144,7 +150,7 @@ if __name__ == '__main__':
   # --config and --workdir too, and tests import these modules together.
   config_flags.DEFINE_config_file(
       'config', None, 'The config the checkpoint is for, e.g. '
-      'configs/alexnet.py:arch=owt; the same flags as the later --mode=eval.',
+      'configs/alexnet.py:arch=owt,mean=channel; the same flags as the later --mode=eval.',
       lock_config=True)
   flags.DEFINE_string('weights', None, 'A torchvision AlexNet state dict (.pth).')
   flags.DEFINE_string('workdir', None, 'A new workdir; the checkpoint is its step 0.')
