@@ -4,6 +4,7 @@ paper's config computes its mean image once into a cache that is checked."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
@@ -15,7 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import evaluation
 import input_pipeline
+import run_files
+import train
 import trainer
 from configs import alexnet as alexnet_config
 from configs import demo as demo_config
@@ -298,3 +302,24 @@ def test_evaluation_subtracts_the_mean_image_under_its_crops(stats, ten_crop):
     expected = expected[0]
   np.testing.assert_allclose(got, expected / np.float32(data.std_rgb),
                              rtol=1e-6, atol=1e-4)
+
+
+def test_eval_mode_subtracts_the_mean_image_the_run_trained_with(
+    paper_data, tmp_path_factory):
+  config = alexnet_config.get_config('size=tiny')
+  config.data = paper_data
+  config.data.update(dict(resize_size=80, image_size=72))
+  config.num_train_steps = 2
+  config.batch_size = config.eval_batch_size = 8
+  workdir = str(tmp_path_factory.mktemp('work'))  # not a class of the folder
+  train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, run_files.RESULTS)) as f:
+    results = json.load(f)
+  # --mode=eval's restore gives its Trainer the mean image the run used.
+  chosen = evaluation.restore_chosen(config, workdir)
+  assert chosen.step == 2
+  errors = evaluation.evaluate(chosen.trainer, chosen.state, chosen.config,
+                               ten_crop=True)
+  assert errors['examples'] == results['val_examples_10crop'] > 0
+  assert errors['top1_error'] == pytest.approx(results['val_top1_error_10crop'])
+  assert errors['top5_error'] == pytest.approx(results['val_top5_error_10crop'])
