@@ -554,8 +554,9 @@ def test_ten_crop_eval_batches(data_dir):
   mask = np.concatenate([b['mask'] for b in batches])
   assert mask.sum() == 100
   first = batches[0]['image'][3]
-  np.testing.assert_array_equal(first, preprocessing.crops(
-      tf.constant(images[3]), preprocessing.eval_corners(data.resize_size, 72, ten_crop=True), 72))
+  corners = preprocessing.eval_corners(data.resize_size, 72, ten_crop=True)
+  np.testing.assert_array_equal(
+      first, preprocessing.crops(tf.constant(images[3]), corners, 72))
   assert batches[0]['shift'].shape == (64, 1, 1, 1, 3)
   assert 'corner' not in batches[0]  # the per-channel mean travels in 'shift'
   np.testing.assert_array_equal(batches[0]['label'], labels[:64])
