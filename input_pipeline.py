@@ -44,8 +44,7 @@ def eval_iterator(data: ml_collections.ConfigDict, *, batch_size: int,
 def mean_image(data: ml_collections.ConfigDict) -> np.ndarray | None:
   """The mean image training batches leave to the compiled step to
   subtract (trainer.Trainer), or None with a per-channel mean."""
-  mean = statistics.normalization(data).mean
-  return mean if mean.ndim == 3 else None
+  return statistics.normalization(data).mean_image
 
 
 def steps_per_epoch(data: ml_collections.ConfigDict, batch_size: int) -> int:

@@ -222,12 +222,12 @@ class TrainIterator(Iterator[Batch]):
         examples.enumerate(start=first),
         tf.data.Dataset.from_tensor_slices(draws))
     size = data.image_size
-    mean_image = norm.mean.ndim == 3
+    mean_image = norm.mean_image is not None
     # Negated (and shaped) once here, not per example. A mean image's window
     # under each crop is taken in the compiled step (trainer.standardize)
     # from the crop's corner: a float32 window per example cost the pipeline
     # a third of its rate.
-    minus_mean = np.zeros((1, 1, 3), np.float32) if mean_image else -norm.mean[None, None]
+    minus_mean = norm.minus_channel_mean[None, None]
 
     def preprocess(indexed, draw):
       index, example = indexed
@@ -271,10 +271,9 @@ def _eval_view(data: ml_collections.ConfigDict, norm: statistics.Normalization,
   Also returns the keys that are the same for every image."""
   size = data.image_size
   corners = preprocessing.eval_corners(data.resize_size, size, ten_crop)
-  mean_image = norm.mean.ndim == 3
-  minus_mean = np.zeros(3, np.float32) if mean_image else -np.float32(norm.mean)
-  constant = {'shift': tf.constant(minus_mean.reshape([1] * corners.ndim + [1, 3]))}
-  if mean_image:
+  constant = {'shift': tf.constant(
+      norm.minus_channel_mean.reshape([1] * corners.ndim + [1, 3]))}
+  if norm.mean_image is not None:
     constant['corner'] = tf.constant(corners)
 
   def view(encoded: tf.Tensor) -> Batch:

@@ -69,6 +69,19 @@ class Normalization:
   eigval: np.ndarray   # (3,)
   eigvec: np.ndarray   # (3, 3), eigenvectors as columns
 
+  @property
+  def mean_image(self) -> np.ndarray | None:
+    """The mean image, which the compiled step subtracts under each crop's
+    corner (trainer.standardize), or None with a per-channel mean."""
+    return self.mean if self.mean.ndim == 3 else None
+
+  @property
+  def minus_channel_mean(self) -> np.ndarray:
+    """(3,) float32 the host adds to every image: minus the per-channel
+    mean, or zeros with a mean image."""
+    return (np.zeros(3, np.float32) if self.mean_image is not None
+            else -np.float32(self.mean))
+
 
 def cache_path(data: ml_collections.ConfigDict) -> str:
   """Where the statistics of data.train_split at data.resize_size are
