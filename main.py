@@ -16,9 +16,9 @@ import checkpointing
 import evaluation
 import parallel
 import train
-import xla_flags
 from configs import command_line, validation
 from data import prepare, statistics
+from runtime import xla_flags
 from tools import benchmark, benchmark_input, comm_report, figures, summary
 
 

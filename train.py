@@ -16,10 +16,10 @@ import checkpointing
 import evaluation
 import input_pipeline
 import parallel
-import profiling
 import run_files
 from configs import validation
 from models import kernels
+from runtime import profiling
 from trainer import Trainer, TrainMetrics
 
 

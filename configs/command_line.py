@@ -1,6 +1,6 @@
 """Configs as main.py's flags build them: `--config=FILE[:variants]` and
 `--config.KEY=VALUE` overrides, and the one-line message for flags that build
-none (main.py prints it; tools/sweep.py checks every run's flags with it
+none (main.py prints it; sweeps/runs.py checks every run's flags with it
 before training any)."""
 
 from __future__ import annotations

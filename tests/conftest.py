@@ -22,7 +22,7 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import xla_flags  # noqa: E402
+from runtime import xla_flags  # noqa: E402
 
 xla_flags.apply()  # the flags main.py sets, so the tests run what users run
 

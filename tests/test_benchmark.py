@@ -15,7 +15,7 @@ import pytest
 import torch
 from jax import lax
 
-import xla_flags
+from runtime import xla_flags
 from tools import benchmark, torch_alexnet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-import profiling
+from runtime import profiling
 import train
 from configs import demo as demo_config
 

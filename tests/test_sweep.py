@@ -1,4 +1,4 @@
-"""tools/sweep.py: a tiny sweep end to end, interrupted and resumed; its report
+"""python -m sweeps: a tiny sweep end to end, interrupted and resumed; its report
 against results.json; commands, the SLURM array; bad points; the statistics."""
 
 import csv
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs.sweeps import Claim
-from tools import sweep_report
+from sweeps import report as sweep_report, runs as sweep_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +45,7 @@ def data_dir(tmp_path_factory):
 
 
 def _args(sweep_file, workdir, data_dir, *flags):
-  return [sys.executable, '-m', 'tools.sweep', f'--sweep={sweep_file}',
+  return [sys.executable, '-m', 'sweeps', f'--sweep={sweep_file}',
           '--config=configs/demo.py:size=tiny', f'--workdir={workdir}', *flags, '--',
           f'--config.data.data_dir={data_dir}', '--config.num_train_steps=2',
           '--config.batch_size=16', '--config.eval_batch_size=32']
@@ -143,7 +143,7 @@ def test_tiny_sweep_interrupted_resumed_and_reported(tmp_path, data_dir):
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'finished already, skipped: {first}' in result.stderr
   assert _stamps(first) == stamps  # not retrained, nothing rewritten
-  assert all(sweep_report.final_results(str(workdir / r)) for r in RUNS)
+  assert all(sweep_runs.final_results(str(workdir / r)) for r in RUNS)
 
   for name in ('report.md', 'report.csv', 'runs.csv', 'claims.csv'):
     assert (workdir / name).stat().st_size > 0
@@ -230,7 +230,7 @@ def test_slurm_array_task_runs_its_run_only(tmp_path, data_dir):
   assert outside.returncode == 2 and 'this sweep has runs 0-3' in outside.stderr
   ran = task(2)
   assert ran.returncode == 0, ran.stderr[-3000:]
-  assert sweep_report.final_results(str(workdir / RUNS[2]))
+  assert sweep_runs.final_results(str(workdir / RUNS[2]))
   assert _results(workdir, RUNS[2])['step'] == 2
   assert [r for r in RUNS if (workdir / r).exists()] == [RUNS[2]]
 

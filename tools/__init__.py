@@ -1,4 +1,4 @@
-"""Tools around training: inspection, benchmarks and sweeps.
+"""Tools around training: what inspects or measures it.
 
   summary          --mode=summary: every layer's shape, parameters and FLOPs
   benchmark        --mode=benchmark: train-step img/s against a reference
@@ -7,6 +7,4 @@
   synthetic_photos ImageNet-like JPEGs to benchmark the input on
   figures          --mode=filters and --mode=neighbours: the paper's Figures 3 and 4
   convert_torchvision  torchvision's AlexNet weights as an arch=owt checkpoint
-  sweep            a sweep file's points x seeds, run here or emitted for SLURM
-  sweep_report     a sweep's report: errors over seeds, the paper's claims, figures
 """

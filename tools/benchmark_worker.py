@@ -57,7 +57,7 @@ class JaxStep:
   """The project's own compiled train step (trainer.Trainer) on a synthetic batch."""
 
   def __init__(self, spec: dict[str, Any]):
-    import xla_flags
+    from runtime import xla_flags
     xla_flags.apply()
     import jax
     import jax.numpy as jnp

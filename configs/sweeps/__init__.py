@@ -1,7 +1,7 @@
 """Sweeps declared in code: points (config variants and overrides), seeds, and
 the claims a report checks them against.
 
-A sweep file defines `get_sweep(arg) -> Sweep`; `python -m tools.sweep
+A sweep file defines `get_sweep(arg) -> Sweep`; `python -m sweeps
 --sweep=FILE[:arg]` runs every point with every seed (docs/sweeps.md).
 """
 

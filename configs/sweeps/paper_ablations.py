@@ -1,6 +1,6 @@
 """The paper's three comparisons, each against the paper's network, over seeds.
 
-  python -m tools.sweep --sweep=configs/sweeps/paper_ablations.py:seeds=3 \\
+  python -m sweeps --sweep=configs/sweeps/paper_ablations.py:seeds=3 \\
       --config=configs/demo.py --workdir=runs/paper_demo
 
 Points: the baseline (the base config), `lrn=off` (section 3.3), `pool=2x2`

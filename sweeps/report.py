@@ -1,6 +1,6 @@
 """A sweep's report: errors per point over seeds, the claims, two figures.
 
-Written by tools/sweep.py into the sweep's workdir, from the runs that have
+Written by python -m sweeps into the sweep's workdir, from the runs that have
 finished (their results.json holds the final 10-crop errors):
 
   report.md    per point: 10-crop and centre-crop top-1 / top-5 error, mean and
@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -36,14 +35,9 @@ import run_files
 from configs import command_line
 from configs.sweeps import Claim, Sweep
 from models import AlexNet
+from sweeps.runs import Run, final_results
 from tools import summary
 
-if TYPE_CHECKING:
-  from tools.sweep import Run
-
-# Written at a run's final step only (train.py), so its presence marks a
-# finished run.
-FINAL_KEY = 'val_top1_error_10crop'
 # results.json keys tabulated per point: (key, what the report calls it).
 ERRORS = (('val_top1_error_10crop', '10-crop top-1'),
           ('val_top5_error_10crop', '10-crop top-5'),
@@ -74,16 +68,6 @@ def paired_effect(changed: Mapping[int, float], reference: Mapping[int, float]) 
   half = (stats.t.ppf((1 + CONFIDENCE) / 2, len(d) - 1) *
           float(np.std(d, ddof=1)) / math.sqrt(len(d)))
   return Effect(len(d), mean, mean - half, mean + half)
-
-
-def final_results(workdir: str) -> dict[str, Any] | None:
-  """The run's results.json if it holds its final step's results, else None."""
-  try:
-    with open(os.path.join(workdir, run_files.RESULTS)) as f:
-      results = json.load(f)
-  except (FileNotFoundError, json.JSONDecodeError):
-    return None
-  return results if FINAL_KEY in results else None
 
 
 def train_images_per_sec(workdir: str) -> float:

@@ -1,0 +1,134 @@
+"""The runs of a sweep: main.py's flags and sub-workdir for each point and
+seed, checked before any trains, and whether each has finished.
+
+Each run is main.py in its own sub-workdir, WORKDIR/<point>/seed=<seed>, with
+the base config (--config, or the sweep's) plus the point's variants and
+overrides, --config.seed and the flags after `--`. Runs go seed by seed,
+every point of a seed before the next seed, so an interrupted sweep leaves
+complete pairs. A run is finished when its results.json holds the final
+10-crop errors under the same flags (run.json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import shlex
+from typing import Any
+
+import run_files
+from configs import command_line, validation
+from configs.sweeps import Point, Sweep
+
+MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'main.py')
+# The flags of a finished run, written when it finishes.
+RUN_FILE = 'run.json'
+# Written at a run's final step only (train.py), so its presence marks a
+# finished run.
+FINAL_KEY = 'val_top1_error_10crop'
+
+
+class SweepError(ValueError):
+  """A sweep that cannot run as given; nothing has been started."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  point: Point
+  seed: int
+  workdir: str
+  config_args: tuple[str, ...]  # --config=FILE:variants, then --config.KEY=VALUE
+
+  @property
+  def args(self) -> list[str]:
+    """main.py's flags."""
+    return [self.config_args[0], f'--workdir={self.workdir}', *self.config_args[1:]]
+
+  def command(self, python: str = 'python') -> str:
+    return shlex.join([python, os.path.relpath(MAIN), *self.args])
+
+
+def load_sweep(spec: str) -> Sweep:
+  """The Sweep that FILE[:arg]'s get_sweep(arg) returns."""
+  path, _, arg = spec.partition(':')
+  if not os.path.isfile(path):
+    raise SweepError(f'--sweep={spec}: no such file.')
+  module_spec = importlib.util.spec_from_file_location('sweep_file', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, 'get_sweep'):
+    raise SweepError(f'{path} defines no get_sweep(arg) (configs/sweeps/paper_ablations.py '
+                     'is an example).')
+  try:
+    return module.get_sweep(arg or None)
+  except ValueError as e:
+    raise SweepError(f'--sweep={spec}: {e}') from e
+
+
+def with_variants(config: str, variants: str) -> str:
+  """configs/x.py:a=1 plus b=2 -> configs/x.py:a=1,b=2."""
+  if not variants:
+    return config
+  return f'{config},{variants}' if ':' in config else f'{config}:{variants}'
+
+
+def plan(sweep: Sweep, config: str, workdir: str, extra: list[str]) -> list[Run]:
+  """Every run of `sweep` on base `config`, seed by seed, with `extra` flags."""
+  labels = [p.label for p in sweep.points]
+  if len(set(labels)) < len(labels) or not labels or not sweep.seeds:
+    raise SweepError(f'A sweep needs seeds and points with distinct names; this one '
+                     f'has seeds {list(sweep.seeds)} and points {labels}.')
+  for claim in sweep.claims:
+    for name in (claim.changed, claim.reference):
+      if name not in labels:
+        raise SweepError(f'Claim {claim.name!r} names point {name!r}; the points '
+                         f'are {labels}.')
+  for arg in extra:
+    if not arg.startswith('--config.') or arg.startswith('--config.seed='):
+      raise SweepError(f'{arg} after `--`: only --config.KEY=VALUE flags apply to '
+                       'every run, and the sweep sets --config.seed.')
+  return [Run(point, seed,
+              os.path.join(workdir, point.label.replace(os.sep, '_'), f'seed={seed}'),
+              (f'--config={with_variants(config, point.variants)}',
+               f'--config.seed={seed}', *extra,
+               *(f'--config.{k}={v}' for k, v in point.overrides.items())))
+          for seed in sweep.seeds for point in sweep.points]
+
+
+def check(runs: list[Run]) -> None:
+  """Builds every run's config as main.py would; the first that fails raises."""
+  for run in runs:
+    try:
+      validation.check(command_line.load(run.config_args))
+    except command_line.FLAG_ERRORS as e:
+      message = command_line.error_message(e, run.config_args).removeprefix('Error: ')
+      raise SweepError(f'point {run.point.label!r}, seed {run.seed}: {message} '
+                       'No run was started.') from e
+    except ValueError as e:  # validation's, several lines
+      raise SweepError(f'point {run.point.label!r}, seed {run.seed}: {e}\n'
+                       'No run was started.') from e
+
+
+def final_results(workdir: str) -> dict[str, Any] | None:
+  """The run's results.json if it holds its final step's results, else None."""
+  try:
+    with open(os.path.join(workdir, run_files.RESULTS)) as f:
+      results = json.load(f)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return None
+  return results if FINAL_KEY in results else None
+
+
+
+def finished(run: Run) -> bool:
+  """Whether `run` reached its final step with these flags."""
+  try:
+    with open(os.path.join(run.workdir, RUN_FILE)) as f:
+      recorded = json.load(f)['args']
+  except (FileNotFoundError, json.JSONDecodeError, KeyError):
+    return False
+  return recorded == run.args and final_results(run.workdir) is not None
+
+
