@@ -4,9 +4,11 @@ A checkpoint is <workdir>/checkpoints/<step>/ with three orbax items:
   state   the TrainState (parameters, momentum, plateau schedule, step, dropout
           key), saved sharded: each process writes its own shards;
   config  the config it was trained with (JSON);
-  meta    the latest validation results, and a digest of every array of the
+  meta    the latest validation results, a digest of every array of the
           state (JSON): a checkpoint whose arrays no longer match them is
-          reported as corrupt and treated as unreadable.
+          reported as corrupt and treated as unreadable; and what the run
+          trained on (input_pipeline.Dataset.identity): resuming on other
+          data is refused unless checkpoint.allow_other_data says so.
 Orbax writes each checkpoint under a temporary name and renames it when
 complete, so a crash mid-save never leaves a checkpoint that looks finished.
 Restoring goes through the target shardings of the current mesh, so a state
@@ -54,8 +56,9 @@ _WAIT_REPORTED_AFTER = 10.0  # seconds without a batch before saying so
 _MUST_MATCH_SECTIONS = ('model', 'data', 'optimizer', 'schedule')
 _MUST_MATCH_KEYS = ('seed', 'batch_size')
 # Data keys that say where files are or how fast they are read, not what
-# they hold.
+# they hold: what they hold is the data's identity, checked on its own.
 _MAY_CHANGE_DATA_KEYS = ('data.data_dir', 'data.manual_dir', 'data.prepared_dir',
+                         'data.image_folder', 'data.imagenet_folder',
                          'data.prefetch')
 
 
@@ -154,6 +157,33 @@ class ConfigMismatchError(ValueError):
   """The config differs from the checkpoint's in keys that must match."""
 
 
+class DataMismatchError(ConfigMismatchError):
+  """The data differ from those the checkpoint trained on."""
+
+
+def compare_data(saved: dict[str, Any] | None, current: dict[str, Any],
+                 allowed: bool, what: str) -> None:
+  """Raises DataMismatchError naming what differs between the identity of
+  the data `what` trained on and that of today's, unless `allowed`."""
+  if saved is None:
+    return  # saved by an older version
+  differences = [f'{k}: {saved.get(k, "<absent>")!r} -> {current[k]!r}'
+                 for k in current if saved.get(k) != current[k]]
+  if not differences:
+    return
+  message = (f'The data differ from those {what} trained on:\n  ' +
+             '\n  '.join(differences))
+  if allowed:
+    logging.warning('%s\nResuming all the same, as '
+                    'checkpoint.allow_other_data says.', message)
+    return
+  raise DataMismatchError(
+      message + '\nResume with the data it trained on, start a new --workdir '
+      '(with --config.init_from=<this workdir> to keep the parameters), or pass '
+      '--config.checkpoint.allow_other_data=True to go on with these data '
+      'knowingly (the epochs, their order and the normalisation change).')
+
+
 class CheckpointWriteError(OSError):
   """The first checkpoint could not be written."""
 
@@ -213,9 +243,12 @@ class Checkpoints:
   """The checkpoints of one workdir."""
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict, *,
-               read_only: bool = False):
+               read_only: bool = False, dataset: dict[str, Any] | None = None):
+    """`dataset`: the identity of the data being trained on, saved with each
+    checkpoint and compared with the saved one's on restoring."""
     _OPEN.add(self)
     self.config = config
+    self._dataset = dataset
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
     self._unreadable = os.path.abspath(os.path.join(workdir, UNREADABLE_DIR))
     c = config.checkpoint
@@ -246,7 +279,7 @@ class Checkpoints:
     checkpoint competes for best.
     """
     step = int(state.step)
-    meta = dict(results=results, digests=digests(state))
+    meta = dict(results=results, digests=digests(state), dataset=self._dataset)
     try:
       self._manager.save(
           step,
@@ -335,6 +368,10 @@ class Checkpoints:
     saved = self._manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
     compare_configs(saved['config'], self.config)
+    if self._dataset is not None:
+      compare_data(saved['meta'].get('dataset'), self._dataset,
+                   self.config.checkpoint.allow_other_data,
+                   f'checkpoint {step} in {self.directory}')
     state = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(trainer.abstract_state())))['state']
     _check_digests(state, saved['meta'].get('digests'),

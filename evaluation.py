@@ -20,7 +20,7 @@ from absl import logging
 import checkpointing
 import input_pipeline
 import parallel
-from data import batching, image_folder, preprocessing, sources
+from data import image_folder, preprocessing
 from trainer import Trainer, TrainState
 
 # --mode=predict's exit status when some inputs could not be read as images.
@@ -32,22 +32,23 @@ CROPS = (('centre crop', False), ('10-crop', True))
 
 
 def evaluate(trainer: Trainer, state: TrainState, config: ml_collections.ConfigDict,
-             *, ten_crop: bool = False) -> dict[str, float]:
-  """`state`'s loss, top-1 and top-5 error on config.data.eval_split, and
-  the number of examples they count (`examples`).
+             dataset: input_pipeline.Dataset, *, ten_crop: bool = False
+             ) -> dict[str, float]:
+  """`state`'s loss, top-1 and top-5 error on `dataset`'s
+  config.data.eval_split, and the number of examples they count (`examples`).
 
   An evaluation that counts no example (every image undecodable) is an
   error, not a NaN reported as a result.
   """
-  batches = input_pipeline.eval_iterator(
-      config.data, batch_size=parallel.process_batch_size(config.eval_batch_size),
+  batches = dataset.eval_iterator(
+      batch_size=parallel.process_batch_size(config.eval_batch_size),
       ten_crop=ten_crop)
   metrics = trainer.evaluate(state, batches)
   examples = int(metrics.loss.count)
   if not examples:
     raise ValueError(
         f'No example of split {config.data.eval_split!r} of '
-        f'{input_pipeline.source_name(config.data)!r} could be evaluated: '
+        f'{dataset.name!r} could be evaluated: '
         'every image failed to decode. Check the files, or evaluate another '
         'split with --config.data.eval_split.')
   return {**{k: float(v) for k, v in metrics.compute().items()},
@@ -82,30 +83,35 @@ class Chosen:
   state: TrainState
   step: int
   description: str                    # 'Checkpoint STEP (WHICH) of DIR'
+  dataset: input_pipeline.Dataset | None
 
 
-def restore_chosen(config: ml_collections.ConfigDict, workdir: str) -> Chosen:
-  """Restores config.eval.checkpoint (latest, best or a step) of `workdir`."""
-  config = input_pipeline.with_dataset_classes(config)
+def restore_chosen(config: ml_collections.ConfigDict, workdir: str,
+                   dataset: input_pipeline.Dataset | None = None) -> Chosen:
+  """Restores config.eval.checkpoint (latest, best or a step) of `workdir`
+  for `dataset`, whose images it is to see (its normalisation); without one,
+  for looking at the parameters alone."""
+  config = input_pipeline.with_dataset_classes(config, dataset)
   trainer = Trainer(config, parallel.make_mesh(config.mesh),
-                    mean_image=input_pipeline.mean_image(config.data))
+                    mean_image=dataset.mean_image if dataset else None)
   checkpoints = checkpointing.Checkpoints(workdir, config, read_only=True)
   step = _choose_step(str(config.eval.checkpoint), checkpoints)
   state = checkpoints.restore(trainer, step).state
   checkpoints.close()
   return Chosen(config, trainer, state, step,
                 f'Checkpoint {step} ({config.eval.checkpoint}) of '
-                f'{checkpoints.directory}')
+                f'{checkpoints.directory}', dataset)
 
 
 def report(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Evaluates config.eval.checkpoint of `workdir`; returns a table."""
-  chosen = restore_chosen(config, workdir)
+  chosen = restore_chosen(config, workdir, input_pipeline.load(config.data))
   config = chosen.config
   lines = [f'{chosen.description}, split {config.data.eval_split!r}:',
            f'{"crop":<12}{"top-1 error":>13}{"top-5 error":>13}{"examples":>10}']
   for name, ten_crop in CROPS:
-    errors = evaluate(chosen.trainer, chosen.state, config, ten_crop=ten_crop)
+    errors = evaluate(chosen.trainer, chosen.state, config, chosen.dataset,
+                      ten_crop=ten_crop)
     lines.append(f'{name:<12}{errors["top1_error"]:>13.4f}'
                  f'{errors["top5_error"]:>13.4f}{errors["examples"]:>10,}')
   return '\n'.join(lines)
@@ -126,13 +132,13 @@ def outputs(chosen: Chosen, examples: tf.data.Dataset,
             ten_crop: bool = False, resample: bool = True) -> Iterator[Outputs]:
   """predict_step over {'index': 0..count-1, 'image', ...} examples, in
   order, a batch at a time, with a progress bar; undecodable examples are
-  reported in `skipped` (batching.indexed_views)."""
+  reported in `skipped` (input_pipeline.Dataset.views)."""
   if jax.process_count() > 1:
     raise ValueError('Predictions and figures run as one process; start '
                      'this mode without --num_processes.')
   config = chosen.config
-  batches = batching.indexed_views(
-      config.data, examples, load, ten_crop=ten_crop, resample=resample,
+  batches = chosen.dataset.views(
+      examples, load, ten_crop=ten_crop, resample=resample,
       batch_size=parallel.process_batch_size(config.eval_batch_size))
   expected = 0
   with tqdm.tqdm(total=count, unit='img', file=sys.stderr) as progress:
@@ -190,8 +196,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f'--config.predict.format={config.predict.format!r}: '
                      "use 'text' or 'json'.")
   paths = input_paths(config)
-  chosen = restore_chosen(config, workdir)
-  names = sources.class_names(chosen.config.data)
+  chosen = restore_chosen(config, workdir, input_pipeline.load(config.data))
+  names = chosen.dataset.class_names
   logging.info('%s: predicting %d images.', chosen.description, len(paths))
   skipped = []
   for batch in file_outputs(chosen, paths, ten_crop=config.predict.ten_crop):

@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 import checkpointing
 import evaluation
+import input_pipeline
 import parallel
 import train
 from configs import command_line, validation
@@ -55,7 +56,8 @@ MODES = {
     'comm_report': Mode(lambda config, _: comm_report.report(config),
                         help='the collectives of the compiled train step and '
                              'their bytes'),
-    'stats': Mode(lambda config, _: statistics.write(config.data),
+    'stats': Mode(lambda config, _: statistics.write(
+        config.data, input_pipeline.load(config.data).source),
                   help="write the training split's mean image, channel "
                        'mean/std and RGB PCA to data.stats_file'),
     'prepare': Mode(lambda config, _: prepare.prepare(config.data),

@@ -43,14 +43,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh = parallel.make_mesh(config.mesh)
-  info = input_pipeline.dataset_info(config.data)
-  config = input_pipeline.with_dataset_classes(config, info.num_classes)
+  dataset = input_pipeline.load(config.data)
+  config = input_pipeline.with_dataset_classes(config, dataset)
   local_batch = parallel.process_batch_size(config.batch_size)
-  steps_per_epoch = input_pipeline.steps_per_epoch(config.data, local_batch)
-  source = input_pipeline.source_name(config.data)
+  steps_per_epoch = dataset.steps_per_epoch(local_batch)
   if steps_per_epoch < 1:
     raise ValueError(
-        f'The training split of {source!r} has {info.num_train_examples} '
+        f'The training split of {dataset.name!r} has {dataset.num_train_examples} '
         f'examples, fewer than one batch of {config.batch_size} '
         f'({local_batch} on each of {jax.process_count()} processes); lower '
         '--config.batch_size.')
@@ -58,8 +57,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                else int(config.num_epochs * steps_per_epoch))
   eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
 
-  trainer = Trainer(config, mesh, steps_per_epoch, input_pipeline.mean_image(config.data))
-  checkpoints = checkpointing.Checkpoints(workdir, config)
+  trainer = Trainer(config, mesh, steps_per_epoch, dataset.mean_image)
+  checkpoints = checkpointing.Checkpoints(workdir, config, dataset=dataset.identity())
   restored = checkpoints.restore_latest(trainer)
   if restored is not None:
     state, results = restored.state, restored.results
@@ -83,8 +82,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       'Training AlexNet (%s parameters) on %s: %d training and %d validation '
       'images, %d classes; %d steps of %d images (%d an epoch) from step %d, '
       'on a %s mesh of %d devices. Writing to %s (the whole config: %s).',
-      f'{params:,}', source, info.num_train_examples, info.num_eval_examples,
-      info.num_classes, num_steps, config.batch_size, steps_per_epoch,
+      f'{params:,}', dataset.name, dataset.num_train_examples,
+      dataset.num_eval_examples, dataset.num_classes, num_steps, config.batch_size, steps_per_epoch,
       first_step, dict(mesh.shape), mesh.size, workdir, run_files.CONFIG)
 
   writers = [metric_writers.LoggingWriter()]
@@ -99,8 +98,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       num_train_steps=num_steps, writer=writer, every_secs=60,
       every_steps=max(1, min(config.log_every_steps, steps_per_epoch // 10)))
   # The checkpoint's step is also the number of batches consumed.
-  train_iter = input_pipeline.train_iterator(config.data, batch_size=local_batch,
-                                             seed=config.seed, start_step=first_step)
+  train_iter = dataset.train_iterator(batch_size=local_batch, seed=config.seed,
+                                      start_step=first_step)
   save_every = config.checkpoint.every_steps
 
   # A resumed run's time adds to the time its checkpoint's results counted.
@@ -154,9 +153,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
       if evaluate:
         with progress.timed('eval'):
-          val = evaluation.evaluate(trainer, state, config)
+          val = evaluation.evaluate(trainer, state, config, dataset)
           # The paper's test (section 4.1), of the final state only: 10x the work.
-          final = evaluation.evaluate(trainer, state, config, ten_crop=True) if done else None
+          final = (evaluation.evaluate(trainer, state, config, dataset, ten_crop=True)
+                   if done else None)
         state = trainer.after_eval(state, val['top1_error'])
         results = dict(
             val_top1_error=val['top1_error'],

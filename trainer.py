@@ -122,7 +122,7 @@ def standardize(batch: dict[str, jax.Array], std: tuple[float, ...],
     if mean_image is None:
       raise ValueError("The batch has crop corners ('corner') for a mean image, "
                        'but the Trainer was given no mean_image; pass it '
-                       'input_pipeline.mean_image(config.data).')
+                       'input_pipeline.Dataset.mean_image.')
     shift = shift - mean_windows(mean_image, batch['corner'], batch['image'].shape[-2])
   images = (batch['image'].astype(jnp.float32) + shift) / jnp.float32(std)
   if 'flip' in batch:
@@ -248,7 +248,7 @@ class Trainer:
                mean_image: np.ndarray | None = None):
     """`steps_per_epoch` places a step schedule's boundaries (training);
     `mean_image` is subtracted under the crops of batches that carry their
-    corners (input_pipeline.mean_image gives it; data/batching.py)."""
+    corners (input_pipeline.Dataset.mean_image; data/batching.py)."""
     parallel.check_rules(config.axis_rules)
     parallel.check_batch(config.batch_size, mesh, config.axis_rules)
     parallel.check_batch(config.eval_batch_size, mesh, config.axis_rules,

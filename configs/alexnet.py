@@ -66,6 +66,10 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
       image_folder=ml_collections.FieldReference(None, field_type=str),
       # Held out of each class when the folder has no validation/ sub-folder.
       val_fraction=0.0,
+      # ILSVRC-2012 extracted (train/<synset>/, val/ in synset folders or flat
+      # with the devkit's or Kaggle's labels; data/imagenet_folder.py), read
+      # instead of the TFDS dataset, with imagenet2012's labels.
+      imagenet_folder=ml_collections.FieldReference(None, field_type=str),
       # The 256x256 copy written by --mode=prepare; read instead of the source when set.
       prepared_dir=ml_collections.FieldReference(None, field_type=str),
       resize_size=256,          # shorter side, then the central square
@@ -154,6 +158,9 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
       keep=3,             # the latest `keep` checkpoints...
       keep_best=1,        # ...and, besides them, the best by val top-1 error
       asynchronous=True,  # write in the background while training goes on
+      # Resume even if the data differ from those the checkpoint trained on
+      # (other files, classes or statistics): refused by default.
+      allow_other_data=False,
   ))
   # A checkpoint (a workdir, or its checkpoints/<step>) whose parameters start
   # this run; its optimizer state and step are not taken.

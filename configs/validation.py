@@ -126,6 +126,8 @@ RULES: dict[str, Check] = {
     'init_from': _optional_str(),
     'data.stats_file': _optional_str(),
     'data.image_folder': _optional_str(),
+    'data.imagenet_folder': _optional_str(),
+    'checkpoint.allow_other_data': (lambda x: isinstance(x, bool), 'True or False'),
     'data.prepared_dir': _optional_str(),
 }
 
@@ -174,6 +176,10 @@ def check(config: ml_collections.ConfigDict) -> None:
       problems.append(
           f'--config.model.features={tuple(features)}: each must divide into '
           f'model.towers={towers} towers.')
+    if config.data.image_folder and config.data.get('imagenet_folder'):
+      problems.append(
+          '--config.data.image_folder and --config.data.imagenet_folder are both '
+          'set: name one source (imagenet_folder for ILSVRC-2012 extracted).')
     if _output_side(config) < 1:
       problems.append(
           f'--config.data.image_size={config.data.image_size}: too small for '

@@ -131,15 +131,16 @@ class TrainIterator(Iterator[Batch]):
   bytes an example (27 MB for ImageNet on one process).
   """
 
-  def __init__(self, data: ml_collections.ConfigDict, *, batch_size: int,
-               seed: int, start_step: int = 0, lookahead: int = 16):
+  def __init__(self, data: ml_collections.ConfigDict, source: sources.Source,
+               norm: statistics.Normalization, *, batch_size: int, seed: int,
+               start_step: int = 0, lookahead: int = 16):
     _check_sizes(data)
     self._data = data
     self._batch_size = batch_size
     self._lookahead = lookahead
     self._seed = seed
-    self._source = sources.get_source(data)
-    self._norm = statistics.normalization(data, self._source)
+    self._source = source
+    self._norm = norm
     self.batches_per_epoch = batches_per_epoch(self._source, data.train_split,
                                                batch_size)
     if self.batches_per_epoch < 1:
@@ -193,7 +194,7 @@ class TrainIterator(Iterator[Batch]):
              jax.process_count() - first)
     return ValueError(
         f'Epoch {epoch} of split {data.train_split!r} of '
-        f'{sources.source_name(data)!r} gave no batch of {self._batch_size}: '
+        f'{self._source.name!r} gave no batch of {self._batch_size}: '
         f'of the {tried} images this process tried, fewer than '
         f'{self._batch_size} decoded (the rest were skipped, as '
         'data.skip_corrupt=True says). Check the files, or set '
@@ -286,7 +287,8 @@ def _eval_view(data: ml_collections.ConfigDict, norm: statistics.Normalization,
   return view, constant
 
 
-def eval_batches(data: ml_collections.ConfigDict, *, batch_size: int,
+def eval_batches(data: ml_collections.ConfigDict, source: sources.Source,
+                 norm: statistics.Normalization, *, batch_size: int,
                  ten_crop: bool = False) -> Iterator[Batch]:
   """One pass over this process's shard of the evaluation split.
 
@@ -302,9 +304,8 @@ def eval_batches(data: ml_collections.ConfigDict, *, batch_size: int,
   the mask's sum shows.
   """
   _check_sizes(data)
-  source = sources.get_source(data)
-  view, constant = _eval_view(data, statistics.normalization(data, source),
-                              ten_crop=ten_crop, resample=not source.views)
+  view, constant = _eval_view(data, norm, ten_crop=ten_crop,
+                              resample=not source.views)
 
   def preprocess(example):
     return {**view(source.load(example['image'])),
@@ -325,7 +326,8 @@ def eval_batches(data: ml_collections.ConfigDict, *, batch_size: int,
   return preprocessing.explain_errors(iter(tfds.as_numpy(ds)))
 
 
-def indexed_views(data: ml_collections.ConfigDict, examples: tf.data.Dataset,
+def indexed_views(data: ml_collections.ConfigDict, norm: statistics.Normalization,
+                  examples: tf.data.Dataset,
                   load: Callable[[tf.Tensor], tf.Tensor], *, batch_size: int,
                   ten_crop: bool = False, resample: bool = True) -> Iterator[Batch]:
   """Evaluation's view of {'index': int64, 'image'} examples, in order.
@@ -338,8 +340,7 @@ def indexed_views(data: ml_collections.ConfigDict, examples: tf.data.Dataset,
   name them.
   """
   _check_sizes(data)
-  view, _ = _eval_view(data, statistics.normalization(data),
-                       ten_crop=ten_crop, resample=resample)
+  view, _ = _eval_view(data, norm, ten_crop=ten_crop, resample=resample)
   ds = examples.map(lambda ex: {**ex, **view(load(ex['image']))},
                     num_parallel_calls=tf.data.AUTOTUNE)
   ds = sources.deterministic(ds.ignore_errors()).batch(batch_size)

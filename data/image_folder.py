@@ -9,12 +9,15 @@ Classes are the sorted sub-folder names (over both splits), so label k is the
 k-th name; hidden folders (.name) are not classes. Any format
 tf.io.decode_image reads works (JPEG, PNG, GIF, BMP, grayscale, CMYK),
 whatever the file's extension says; files are read as raw bytes and decoded
-by the input pipeline.
+by the input pipeline. The listing of the files is kept beside them
+(data/listing.py), so a second start does not list them again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import os
 from collections.abc import Sequence
 
@@ -22,38 +25,73 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+from data import listing
+
+_EXTENSIONS = listing.EXTENSIONS
 _VALIDATION_NAMES = ('validation', 'val')
 
 
 @dataclasses.dataclass(frozen=True)
+class Split:
+  """A split's files: paths relative to the folder's root (UTF-8 bytes),
+  labels and sizes in bytes, in the order of the sorted listing."""
+  paths: np.ndarray
+  labels: np.ndarray
+  sizes: np.ndarray
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """A digest of the files' paths, sizes and labels: what the split holds."""
+    digest = hashlib.sha256(b'\n'.join(self.paths.tolist()))
+    digest.update(self.sizes.astype('<i8').tobytes())
+    digest.update(self.labels.astype('<i8').tobytes())
+    return digest.hexdigest()[:16]
+
+
+def make_split(files: Sequence[tuple[str, int, int]]) -> Split:
+  """A Split of (path relative to the root, size, label) triples."""
+  return Split(np.array([f[0].encode() for f in files], dtype=bytes),
+               np.array([f[2] for f in files], np.int64),
+               np.array([f[1] for f in files], np.int64))
+
+
+@dataclasses.dataclass(frozen=True)
 class ImageFolder:
-  """File paths and labels of every split."""
+  """The files and labels of every split of a folder of images."""
+  root: str
   class_names: tuple[str, ...]
-  splits: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (paths, labels)
+  splits: dict[str, Split]
 
   def num_examples(self, split: str) -> int:
-    return len(self._split(split)[0])
+    return len(self._split(split).paths)
 
-  def _split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+  def fingerprint(self, split: str) -> str:
+    return self._split(split).fingerprint
+
+  def _split(self, split: str) -> Split:
     if split not in self.splits:
       raise ValueError(f'The image folder has splits {sorted(self.splits)}, '
                        f'not {split!r}; set --config.data.train_split / '
                        'eval_split accordingly.')
     return self.splits[split]
 
+  def load(self, path: tf.Tensor) -> tf.Tensor:
+    """The encoded image at `path`, relative to the root."""
+    return tf.io.read_file(tf.strings.join([self.root + os.sep, path]))
+
   def read(self, split: str, *, process_index: int, process_count: int,
            shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """This process's shard of `split` as {'image': path, 'label': int64}.
+    """This process's shard of `split` as {'image': path relative to the
+    root, 'label': int64}; `load` reads the file.
 
     Shards are disjoint strided slices of the sorted file list. With a seed
     the shard is fully permuted (paths only, so the cost is nil). Files are
-    read where they are decoded (tf.io.read_file in the decoding map): a
-    parallel map of their own costs more in thread hand-offs than it saves.
+    read where they are decoded (`load` in the decoding map): a parallel
+    map of their own costs more in thread hand-offs than it saves.
     """
-    paths, labels = self._split(split)
-    paths = paths[process_index::process_count]
-    labels = labels[process_index::process_count]
+    files = self._split(split)
+    paths = files.paths[process_index::process_count]
+    labels = files.labels[process_index::process_count]
     if shuffle_seed is not None:
       order = np.random.default_rng(shuffle_seed).permutation(len(paths))
       paths, labels = paths[order], labels[order]
@@ -77,61 +115,76 @@ def find_images(paths: Sequence[str]) -> list[str]:
   return found
 
 
-def _images_by_class(directory: str) -> dict[str, list[str]]:
-  """Each class folder's image files. Links are followed; entries that are
-  neither (a broken link, a link loop) are named in a warning and left out."""
-  result, unusable = {}, []
+def folders(directory: str) -> list[str]:
+  """The sub-folders of `directory`, sorted, links followed; hidden ones
+  (the statistics' cache, .ipynb_checkpoints) are no class. Entries that
+  are neither folders nor files (broken links) are named in a warning."""
+  found, unusable = [], []
   for name in sorted(os.listdir(directory)):
-    class_dir = os.path.join(directory, name)
-    # Hidden folders (the statistics' cache, .ipynb_checkpoints) are no class.
+    path = os.path.join(directory, name)
     if name.startswith('.'):
       continue
-    if not os.path.isdir(class_dir):
-      if not os.path.exists(class_dir):
-        unusable.append(class_dir)
-      continue
-    files = []
-    for f in sorted(os.listdir(class_dir)):
-      path = os.path.join(class_dir, f)
-      if f.lower().endswith(_EXTENSIONS):
-        # exists() follows links: a broken one or a loop is not there.
-        usable = os.path.exists(path) and not os.path.isdir(path)
-        (files if usable else unusable).append(path)
-    result[name] = files
+    if os.path.isdir(path):
+      found.append(name)
+    elif not os.path.exists(path):
+      unusable.append(path)
   if unusable:
     logging.warning('Left out %d entries of %s that are neither folders nor '
                     'files (broken links or link loops): %s', len(unusable),
                     directory, ', '.join(unusable[:5]) +
                     (', ...' if len(unusable) > 5 else ''))
-  return result
+  return found
 
 
-def _holdout(files: list[str], fraction: float, seed: str) -> np.ndarray:
+def images_by_class(root: str, split_dir: str) -> dict[str, list[tuple[str, int]]]:
+  """Each class folder of ROOT/split_dir: its images' (path relative to
+  the root, size), from the listing kept in the root (data/listing.py)."""
+  classes = folders(os.path.join(root, split_dir))
+  directories = [os.path.join(split_dir, c) for c in classes]
+  files = listing.image_files(root, directories)
+  return {c: [(prefix + n, size) for n, size in zip(files[d].names, files[d].sizes)]
+          for c, d in zip(classes, directories)
+          for prefix in [os.path.join(d, '')]}
+
+
+def _holdout(count: int, fraction: float, seed: str) -> np.ndarray:
   """Boolean mask of the held-out files; a function of the names only."""
-  n_val = int(round(fraction * len(files)))
-  order = np.random.default_rng(list(seed.encode())).permutation(len(files))
-  mask = np.zeros(len(files), bool)
+  n_val = int(round(fraction * count))
+  order = np.random.default_rng(list(seed.encode())).permutation(count)
+  mask = np.zeros(count, bool)
   mask[order[:n_val]] = True
   return mask
 
 
-def scan(root: str, *, val_fraction: float = 0.0) -> ImageFolder:
-  """Lists the images under `root` (see the module docstring for layouts)."""
+def validation_dir(root: str) -> str | None:
+  """ROOT's validation folder, validation/ or val/, if it has one."""
+  return next((v for v in _VALIDATION_NAMES
+               if os.path.isdir(os.path.join(root, v))), None)
+
+
+def check_folder(root: str) -> None:
   if not os.path.isdir(root):
     raise FileNotFoundError(f'Image folder {root!r} does not exist; set '
                             '--config.data.image_folder to a directory.')
-  val_dir = next((os.path.join(root, v) for v in _VALIDATION_NAMES
-                  if os.path.isdir(os.path.join(root, v))), None)
-  train_dir = os.path.join(root, 'train')
-  if os.path.isdir(train_dir) and val_dir:
-    by_split = {'train': _images_by_class(train_dir),
-                'validation': _images_by_class(val_dir)}
-  elif os.path.isdir(train_dir) or val_dir:
+
+
+def scan(root: str, *, val_fraction: float = 0.0,
+         empty_classes: bool = False) -> ImageFolder:
+  """Lists the images under `root` (see the module docstring for layouts).
+  A class folder without images is an error, unless `empty_classes` (the
+  prepared copy, which keeps a folder for every label of its source)."""
+  check_folder(root)
+  val_dir = validation_dir(root)
+  has_train = os.path.isdir(os.path.join(root, 'train'))
+  if has_train and val_dir:
+    by_split = {'train': images_by_class(root, 'train'),
+                'validation': images_by_class(root, val_dir)}
+  elif has_train or val_dir:
     raise ValueError(f'{root!r} has one of train/ and validation/ but not the '
                      'other; add the missing one, or put the class folders '
                      'directly under the root and set data.val_fraction.')
   else:
-    if not any(os.path.isdir(os.path.join(root, d)) for d in os.listdir(root)):
+    if not folders(root):
       raise ValueError(
           f'Image folder {root!r} holds no folders: put the images in one '
           'folder per class, under train/ and validation/ or directly under '
@@ -142,8 +195,8 @@ def scan(root: str, *, val_fraction: float = 0.0) -> ImageFolder:
           f'sub-folders; set --config.data.val_fraction in (0, 1) to hold out '
           f'part of each class (it is {val_fraction}).')
     by_split = {'train': {}, 'validation': {}}
-    for name, files in _images_by_class(root).items():
-      held = _holdout(files, val_fraction, name)
+    for name, files in images_by_class(root, '').items():
+      held = _holdout(len(files), val_fraction, name)
       by_split['train'][name] = [f for f, h in zip(files, held) if not h]
       by_split['validation'][name] = [f for f, h in zip(files, held) if h]
 
@@ -153,7 +206,7 @@ def scan(root: str, *, val_fraction: float = 0.0) -> ImageFolder:
   # A class without examples would give fc8 an output it can never learn.
   empty = [name for name in class_names
            if not any(classes.get(name) for classes in by_split.values())]
-  if empty:
+  if empty and not empty_classes:
     raise ValueError(
         f'The class folders {", ".join(map(repr, empty))} of {root!r} hold no '
         f'images (extensions {", ".join(_EXTENSIONS)}) in any split; add '
@@ -161,10 +214,10 @@ def scan(root: str, *, val_fraction: float = 0.0) -> ImageFolder:
   index = {name: i for i, name in enumerate(class_names)}
   splits = {}
   for split, classes in by_split.items():
-    pairs = [(f, index[c]) for c, files in classes.items() for f in files]
-    if not pairs:
+    files = [(path, size, index[c]) for c, found in classes.items()
+             for path, size in found]
+    if not files:
       raise ValueError(f'The {split} split of {root!r} holds no images '
                        f'(extensions {", ".join(_EXTENSIONS)}).')
-    paths, labels = zip(*pairs)
-    splits[split] = (np.array(paths), np.array(labels, np.int64))
-  return ImageFolder(class_names=class_names, splits=splits)
+    splits[split] = make_split(files)
+  return ImageFolder(root=root, class_names=class_names, splits=splits)

@@ -3,7 +3,8 @@
 Every image of data.train_split and data.eval_split is scaled so that its
 shorter side is data.resize_size, cropped to the central square and written
 to data.prepared_dir/{train,validation}/<label, 5 digits>/<n>.jpg, with the
-size in prepared.json. Training and evaluation read that folder whenever
+size and the class names in prepared.json, and the listing of the files
+(data/listing.py), so that the first run does not list them. Training and evaluation read that folder whenever
 data.prepared_dir is set (and data.resize_size matches), and then decode
 small JPEGs and skip the resampling. The folder appears only once
 complete, so an interrupted preparation is never mistaken for a finished one.
@@ -19,7 +20,7 @@ import shutil
 import ml_collections
 import tensorflow as tf
 
-from data import preprocessing, sources
+from data import image_folder, preprocessing, sources
 
 _QUALITY = 95  # high, so that the copy adds little to the paper's own JPEGs
 
@@ -32,9 +33,7 @@ def prepare(data: ml_collections.ConfigDict) -> str:
   if os.path.exists(data.prepared_dir):
     raise FileExistsError(f'{data.prepared_dir!r} exists; delete it to '
                           'prepare again, or train from it as it is.')
-  source_config = data.copy_and_resolve_references()
-  source_config.prepared_dir = None  # read the original
-  source = sources.get_source(source_config)
+  source = sources.open_source(sources.original(data))
   tmp = data.prepared_dir + '.incomplete'
   shutil.rmtree(tmp, ignore_errors=True)
 
@@ -64,6 +63,8 @@ def prepare(data: ml_collections.ConfigDict) -> str:
     lines.append(f'{split}: wrote {written} of {total} images '
                  f'({total - written} undecodable, skipped) to {name}/')
   with open(os.path.join(tmp, sources.PREPARED_INFO), 'w') as f:
-    json.dump({'resize_size': data.resize_size}, f)
+    json.dump({'resize_size': data.resize_size,
+               'class_names': list(source.class_names)}, f)
+  image_folder.scan(tmp, empty_classes=True)  # keeps the listing in it
   os.replace(tmp, data.prepared_dir)
   return '\n'.join([f'Prepared {data.prepared_dir}:'] + lines)

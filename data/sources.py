@@ -1,4 +1,5 @@
-"""Where examples come from: TFDS datasets, image folders and the prepared copy.
+"""Where examples come from: TFDS datasets, image folders, ImageNet as
+clusters keep it, and the prepared copy.
 
 Each source is seen through one interface, `Source`: this process's shard
 of a split as encoded images and labels. Nothing here downloads: a TFDS
@@ -22,10 +23,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 from jax.experimental import multihost_utils
-from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
 from tensorflow_datasets.datasets.siscore import labels as siscore_labels
 
-from data import demo_shapes, image_folder
+from data import demo_shapes, image_folder, imagenet_folder
 
 # Archives that imagenet2012's TFDS builder reads from the manual directory.
 _IMAGENET_ARCHIVES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
@@ -51,19 +51,23 @@ class Source:
   path and `load` reads the file, inside the map that decodes it. With
   `views`, every image is already the paper's view at data.resize_size (the
   prepared copy, checked on opening), so crops of it need no resampling.
+  `fingerprint(split)` names what the split holds (its files' digest, or
+  the TFDS dataset, version and size): statistics and checkpoints record it.
+  A TFDS dataset is prepared, where it must be, when first read or sized.
   """
-  num_classes: int
+  name: str                            # what it reads: a folder, or the TFDS name
+  description: str                     # what kind of source, for the statistics' record
+  class_names: tuple[str, ...]         # label k's name
+  cache_dir: str                       # where statistics of it are cached
   num_examples: Callable[[str], int]   # over all processes
+  fingerprint: Callable[[str], str]
   read: Callable[[str, int | None], tf.data.Dataset]
   load: Callable[[tf.Tensor], tf.Tensor]
   views: bool = False
 
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  num_classes: int
-  num_train_examples: int
-  num_eval_examples: int
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
 
 
 # ---------------------------------------------------------------------------
@@ -195,14 +199,15 @@ def deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def _tfds_source(data: ml_collections.ConfigDict) -> Source:
-  builder = get_builder(data)
+  metadata = _builder(data)  # names and sizes need no prepared copy
+  prepared = functools.cache(lambda: get_builder(data))
 
   def read(split: str, shuffle_seed: int | None) -> tf.data.Dataset:
     read_config = tfds.ReadConfig(
         shuffle_seed=shuffle_seed,
         # A fixed interleaving order keeps seeded epochs repeatable.
         interleave_cycle_length=16, interleave_block_length=1)
-    ds = builder.as_dataset(
+    ds = prepared().as_dataset(
         split=tfds.split_for_jax_process(split),
         shuffle_files=shuffle_seed is not None,
         decoders={'image': tfds.decode.SkipDecoding()},
@@ -213,16 +218,21 @@ def _tfds_source(data: ml_collections.ConfigDict) -> Source:
       ds = ds.shuffle(data.shuffle_buffer, seed=shuffle_seed)
     return deterministic(ds)
 
-  return Source(num_classes=builder.info.features['label'].num_classes,
-                num_examples=lambda split: builder.info.splits[split].num_examples,
-                read=read, load=lambda image: image)
+  num_examples = lambda split: prepared().info.splits[split].num_examples
+  full_name = metadata.info.full_name
+  return Source(
+      name=data.name, description=full_name,
+      class_names=readable_names(metadata.info.features['label'].names),
+      cache_dir=os.fspath(metadata.data_dir), num_examples=num_examples,
+      fingerprint=lambda split: f'{full_name} {split} {num_examples(split)}',
+      read=read, load=lambda image: image)
 
 
-def _folder_source(root: str, val_fraction: float,
+def _folder_source(folder: image_folder.ImageFolder, description: str, *,
+                   class_names: tuple[str, ...] | None = None,
                    split_names: dict[str, str] | None = None,
                    views: bool = False) -> Source:
   """`split_names` maps config split names to the folder's, where they differ."""
-  folder = image_folder.scan(root, val_fraction=val_fraction)
   rename = lambda split: (split_names or {}).get(split, split)
 
   def read(split: str, shuffle_seed: int | None) -> tf.data.Dataset:
@@ -230,14 +240,18 @@ def _folder_source(root: str, val_fraction: float,
         rename(split), process_index=jax.process_index(),
         process_count=jax.process_count(), shuffle_seed=shuffle_seed))
 
-  return Source(num_classes=len(folder.class_names),
-                num_examples=lambda split: folder.num_examples(rename(split)),
-                read=read, load=tf.io.read_file, views=views)
+  return Source(
+      name=folder.root, description=description,
+      class_names=readable_names(class_names or folder.class_names),
+      cache_dir=folder.root,
+      num_examples=lambda split: folder.num_examples(rename(split)),
+      fingerprint=lambda split: folder.fingerprint(rename(split)),
+      read=read, load=folder.load, views=views)
 
 
-def _check_prepared(data: ml_collections.ConfigDict) -> None:
-  """The prepared copy exists and holds data.resize_size squares, which
-  are then cropped without resampling."""
+def _prepared_info(data: ml_collections.ConfigDict) -> dict:
+  """The prepared copy's prepared.json, checked: it exists and holds
+  data.resize_size squares, which are then cropped without resampling."""
   if not os.path.isdir(data.prepared_dir):
     raise DatasetNotFoundError(
         f'data.prepared_dir={data.prepared_dir!r} does not exist; write it '
@@ -245,7 +259,8 @@ def _check_prepared(data: ml_collections.ConfigDict) -> None:
         'directly.')
   try:
     with open(os.path.join(data.prepared_dir, PREPARED_INFO)) as f:
-      prepared_size = json.load(f)['resize_size']
+      info = json.load(f)
+    prepared_size = info['resize_size']
   except (OSError, ValueError, KeyError) as e:
     raise ValueError(
         f'data.prepared_dir={data.prepared_dir!r} has no readable '
@@ -257,40 +272,37 @@ def _check_prepared(data: ml_collections.ConfigDict) -> None:
         f'{prepared_size} images, but data.resize_size is {data.resize_size}; '
         f'set --config.data.resize_size={prepared_size}, or prepare another '
         'copy at this size.')
+  return info
 
 
-def source_name(data: ml_collections.ConfigDict) -> str:
-  """What the configured source reads: the prepared copy, the image folder
-  or the TFDS dataset's name."""
-  return data.prepared_dir or data.image_folder or data.name
+def original(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`data` without its prepared copy: the source --mode=prepare reads."""
+  data = data.copy_and_resolve_references()
+  data.prepared_dir = None
+  return data
 
 
-def get_source(data: ml_collections.ConfigDict) -> Source:
-  """The configured source: prepared_dir, else image_folder, else TFDS."""
+def open_source(data: ml_collections.ConfigDict) -> Source:
+  """The configured source: prepared_dir, else image_folder, else
+  imagenet_folder, else the TFDS dataset `name`. A folder is listed here
+  (once; data/listing.py keeps the listing); a TFDS dataset is only looked
+  up, and prepared when first read."""
   if data.prepared_dir:
-    _check_prepared(data)
-    return _folder_source(data.prepared_dir, 0.0, dict(zip(
-        (data.train_split, data.eval_split), PREPARED_SPLITS)), views=True)
+    info = _prepared_info(data)
+    folder = image_folder.scan(data.prepared_dir, empty_classes=True)
+    # Copies written before prepared.json named the classes take the source's.
+    names = tuple(info.get('class_names') or
+                  open_source(original(data)).class_names)
+    return _folder_source(
+        folder, 'prepared copy', class_names=names, views=True,
+        split_names=dict(zip((data.train_split, data.eval_split), PREPARED_SPLITS)))
   if data.image_folder:
-    return _folder_source(data.image_folder, data.val_fraction)
+    return _folder_source(image_folder.scan(data.image_folder,
+                                            val_fraction=data.val_fraction),
+                          f'image folder, val_fraction={data.val_fraction}')
+  if data.imagenet_folder:
+    return _folder_source(imagenet_folder.scan(data.imagenet_folder), 'ImageNet folder')
   return _tfds_source(data)
-
-
-def dataset_info(data: ml_collections.ConfigDict) -> DatasetInfo:
-  """Number of classes and of train / eval examples (over all processes)."""
-  source = get_source(data)
-  return DatasetInfo(
-      num_classes=source.num_classes,
-      num_train_examples=source.num_examples(data.train_split),
-      num_eval_examples=source.num_examples(data.eval_split))
-
-
-def num_classes(data: ml_collections.ConfigDict) -> int:
-  """The dataset's class count from its metadata (a TFDS builder's features,
-  an image folder's class folders): nothing is prepared or decoded."""
-  if data.prepared_dir or data.image_folder:
-    return get_source(data).num_classes
-  return _builder(data).info.features['label'].num_classes
 
 
 @functools.cache
@@ -302,8 +314,7 @@ def imagenet_names() -> dict[str, str]:
   Both lists ship with TFDS: imagenet2012's label file, the synsets in label
   order, and the names in that order that its SI-Score builder maps to.
   """
-  with tf.io.gfile.GFile(imagenet_common.label_names_file()) as f:
-    synsets = f.read().split()
+  synsets = imagenet_folder.synsets()
   names = siscore_labels.IMAGENET_LABELS_LIST
   if len(synsets) != len(names):
     raise RuntimeError(
@@ -315,14 +326,7 @@ def imagenet_names() -> dict[str, str]:
   return {s: f if count[f] == 1 else n for s, f, n in zip(synsets, first, names)}
 
 
-def class_names(data: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """Label k's name: an image folder's k-th sub-folder, a TFDS dataset's
-  label names, with ImageNet synset ids as their WordNet names
-  (imagenet_names). The prepared copy's labels are its source's."""
-  if data.image_folder:
-    names = image_folder.scan(data.image_folder,
-                              val_fraction=data.val_fraction).class_names
-  else:
-    names = _builder(data).info.features['label'].names
+def readable_names(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+  """Class names, ImageNet synset ids as their WordNet names (imagenet_names)."""
   readable = imagenet_names()
   return tuple(readable.get(name, name) for name in names)

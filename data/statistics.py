@@ -13,7 +13,10 @@ central square with its side scaled to data.resize_size):
   num_images  the images they average (undecodable ones are skipped)
 
 and what they describe, checked whenever they are read: `dataset`, `split`,
-`resize_size` and `num_examples` (the split's size).
+`resize_size`, `num_examples` (the split's size) and `listing` (the split's
+fingerprint: a digest of its files' paths, sizes and labels, so that other
+images in the same number are noticed); and `digest`, of the arrays
+themselves, so that an edited or damaged file is noticed too.
 
 With data.mean_image (the paper's config) and no data.stats_file, they are
 cached beside the data (`cache_path`): the first run that needs them
@@ -28,6 +31,7 @@ writes the file while the others wait for it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import tempfile
@@ -48,7 +52,7 @@ from data import preprocessing, sources
 
 STATS_KEYS = ('mean_image', 'mean_rgb', 'std_rgb', 'eigval', 'eigvec',
               'num_images')
-RECORD_KEYS = ('dataset', 'split', 'resize_size', 'num_examples')
+RECORD_KEYS = ('dataset', 'split', 'resize_size', 'num_examples', 'listing')
 # The cache's folder inside the TFDS dataset's folder, the image folder or
 # the prepared copy; hidden, so that it is never taken for a class.
 CACHE_DIR = '.statistics'
@@ -76,6 +80,11 @@ class Normalization:
     return self.mean if self.mean.ndim == 3 else None
 
   @property
+  def digest(self) -> str:
+    """What the normalisation is: a digest of its arrays."""
+    return _digest([self.mean, self.eigval, self.eigvec])
+
+  @property
   def minus_channel_mean(self) -> np.ndarray:
     """(3,) float32 the host adds to every image: minus the per-channel
     mean, or zeros with a mean image."""
@@ -83,48 +92,65 @@ class Normalization:
             else -np.float32(self.mean))
 
 
-def cache_path(data: ml_collections.ConfigDict) -> str:
+def _digest(arrays: list[np.ndarray]) -> str:
+  digest = hashlib.sha256()
+  for a in arrays:
+    digest.update(np.ascontiguousarray(a, a.dtype.newbyteorder('<')).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def _arrays_digest(stats: dict[str, np.ndarray]) -> str:
+  return _digest([np.asarray(stats[k]) for k in STATS_KEYS])
+
+
+def cache_path(data: ml_collections.ConfigDict, source: sources.Source) -> str:
   """Where the statistics of data.train_split at data.resize_size are
   cached: in a .statistics folder of the prepared copy, the image folder or
   the TFDS dataset's (versioned) folder."""
-  base = (data.prepared_dir or data.image_folder or
-          os.fspath(sources.get_builder(data).data_dir))
   split = urllib.parse.quote(data.train_split, safe='')
-  return os.path.join(base, CACHE_DIR, f'{split}_{data.resize_size}.npz')
+  return os.path.join(source.cache_dir, CACHE_DIR, f'{split}_{data.resize_size}.npz')
 
 
 def _record(data: ml_collections.ConfigDict,
             source: sources.Source) -> dict[str, str | int]:
   """What statistics for this config must describe. An image folder's or
   prepared copy's cache lives inside it, so a moved folder keeps it."""
-  if data.prepared_dir:
-    dataset = 'prepared copy'
-  elif data.image_folder:
-    dataset = f'image folder, val_fraction={data.val_fraction}'
-  else:
-    dataset = sources.get_builder(data).info.full_name
-  return dict(dataset=dataset, split=data.train_split,
+  return dict(dataset=source.description, split=data.train_split,
               resize_size=int(data.resize_size),
-              num_examples=int(source.num_examples(data.train_split)))
+              num_examples=int(source.num_examples(data.train_split)),
+              listing=source.fingerprint(data.train_split))
 
 
 def _differences(stats: dict[str, np.ndarray],
                  expected: dict[str, str | int]) -> list[str]:
-  return [f'{k} {stats[k].item()!r}, not {expected[k]!r}'
-          for k in RECORD_KEYS if stats[k].item() != expected[k]]
+  """What `stats` were computed from that differs from `expected`."""
+  found = []
+  for k in RECORD_KEYS:
+    if k not in stats:
+      found.append(f'no {k} (written by an older version)')
+    elif stats[k].item() != expected[k]:
+      found.append(
+          f'other images of split {expected["split"]!r} than there are now '
+          f'(listing {stats[k].item()}, now {expected[k]})' if k == 'listing'
+          else f'{k} {stats[k].item()!r}, not {expected[k]!r}')
+  return found
 
 
 def _read(path: str) -> dict[str, np.ndarray]:
   with np.load(path) as f:
-    missing = [k for k in STATS_KEYS + RECORD_KEYS if k not in f.files]
+    required = STATS_KEYS + RECORD_KEYS[:-1]
+    missing = [k for k in required if k not in f.files]
     if missing:
       raise ValueError(f'it lacks {missing}')
-    stats = {k: f[k] for k in STATS_KEYS + RECORD_KEYS}
+    stats = {k: f[k] for k in STATS_KEYS + RECORD_KEYS + ('digest',) if k in f.files}
   shapes = {'mean_image': (int(stats['resize_size']),) * 2 + (3,),
             'eigval': (3,), 'eigvec': (3, 3)}
   for key, shape in shapes.items():
     if stats[key].shape != shape or not np.all(np.isfinite(stats[key])):
       raise ValueError(f'its {key} is not {shape} finite numbers')
+  if 'digest' in stats and stats['digest'].item() != _arrays_digest(stats):
+    raise ValueError('its arrays do not match the digest written with them '
+                     '(edited or damaged)')
   return stats
 
 
@@ -166,11 +192,10 @@ def _cache_problem(path: str, expected: dict[str, str | int]
 
 
 def cached(data: ml_collections.ConfigDict,
-           source: sources.Source | None = None) -> dict[str, np.ndarray]:
+           source: sources.Source) -> dict[str, np.ndarray]:
   """The statistics cached beside the data, computed first if they are
   missing, stale or unreadable (all processes must call this together)."""
-  source = source or sources.get_source(data)
-  path = cache_path(data)
+  path = cache_path(data, source)
   expected = _record(data, source)
   stats, problem = _cache_problem(path, expected)
   if problem:
@@ -178,7 +203,7 @@ def cached(data: ml_collections.ConfigDict,
                     problem)
   elif stats is None:
     logging.info('No statistics of %s at %dx%d in %s yet: computing them once '
-                 '(later runs read them).', sources.source_name(data),
+                 '(later runs read them).', source.name,
                  data.resize_size, data.resize_size, path)
   if not _any_process(stats is None):
     return stats
@@ -207,17 +232,16 @@ def _user_file(data: ml_collections.ConfigDict,
 
 
 def normalization(data: ml_collections.ConfigDict,
-                  source: sources.Source | None = None) -> Normalization:
+                  source: sources.Source) -> Normalization:
   """The config's normalisation: with data.stats_file, its statistics;
   else with data.mean_image, the cached ones (`cached`); else data.mean_rgb,
   data.eigval and data.eigvec. Statistics supply the mean image (or the
   per-channel mean without data.mean_image) and PCA lighting's basis.
-  `source` is the configured one, where the caller has it."""
+  `source` is the configured one; it is read only to compute statistics."""
   if not (data.stats_file or data.mean_image):
     return Normalization(mean=np.float32(data.mean_rgb),
                          eigval=np.float32(data.eigval),
                          eigvec=np.float32(data.eigvec))
-  source = source or sources.get_source(data)
   stats = (_user_file(data, source) if data.stats_file
            else cached(data, source))
   logging.log_first_n(
@@ -255,7 +279,7 @@ def _shard_sums(data: ml_collections.ConfigDict,
   count = 0
   total = math.ceil(source.num_examples(data.train_split) / jax.process_count())
   logging.info('Statistics: reading %d images of %s at %dx%d (progress every '
-               '%.0f s).', total, sources.source_name(data), size, size,
+               '%.0f s).', total, source.name, size, size,
                _PROGRESS_SECONDS)
   start = last_log = time.monotonic()
   for batch in preprocessing.explain_errors(tfds.as_numpy(ds)):
@@ -285,17 +309,17 @@ def _sum_over_processes(sums: np.ndarray) -> np.ndarray:
 
 
 def compute(data: ml_collections.ConfigDict,
-            source: sources.Source | None = None) -> dict[str, np.ndarray]:
+            source: sources.Source) -> dict[str, np.ndarray]:
   """STATS_KEYS of data.train_split, over all processes' shards (all
   processes must call this together)."""
   size = data.resize_size
-  sums = _sum_over_processes(_shard_sums(data, source or sources.get_source(data)))
+  sums = _sum_over_processes(_shard_sums(data, source))
   image_sum, pixel_sum, outer_sum, count = np.split(
       sums, np.cumsum([size * size * 3, 3, 9]))
   count = int(count[0])
   if not count:
     raise ValueError(f'The {data.train_split!r} split of '
-                     f'{sources.source_name(data)!r} yielded no images.')
+                     f'{source.name!r} yielded no images.')
   num_pixels = count * size * size
   mean = pixel_sum / num_pixels
   covariance = outer_sum.reshape(3, 3) / num_pixels - np.outer(mean, mean)
@@ -312,7 +336,7 @@ def compute(data: ml_collections.ConfigDict,
 
 def _save(path: str, stats: dict[str, np.ndarray]) -> None:
   with run_files.atomic_write(path, 'wb') as f:
-    np.savez(f, **stats)
+    np.savez(f, **stats, digest=_arrays_digest(stats))
 
 
 def _check_writable(path: str) -> None:
@@ -352,19 +376,18 @@ def _compute_and_write(data: ml_collections.ConfigDict, path: str,
   return stats
 
 
-def write(data: ml_collections.ConfigDict) -> str:
-  """--mode=stats: computes the statistics and writes them to
+def write(data: ml_collections.ConfigDict, source: sources.Source) -> str:
+  """--mode=stats: computes the statistics of `source` and writes them to
   data.stats_file, or to the cache beside the data when it is unset;
   returns a summary."""
-  source = sources.get_source(data)
-  path = data.stats_file or cache_path(data)
+  path = data.stats_file or cache_path(data, source)
   stats = _compute_and_write(data, path, source, _record(data, source))
   lighting = preprocessing.lighting_std(stats['eigval'], stats['eigvec'],
                                         data.pca_sigma)
   np.set_printoptions(precision=4, suppress=True)
   return '\n'.join([
       f'Statistics of {int(stats["num_images"])} training images of '
-      f'{sources.source_name(data)} (split {data.train_split!r}) at '
+      f'{source.name} (split {data.train_split!r}) at '
       f'{data.resize_size}x{data.resize_size}, written to {path}:',
       f'mean_rgb (0-255): {stats["mean_rgb"]}',
       f'std_rgb (0-255):  {stats["std_rgb"]}',

@@ -178,11 +178,11 @@ def test_paper_config_computes_the_mean_image_once_then_reads_it(
     paper_data, monkeypatch, caplog):
   caplog.set_level(logging.INFO)
   monkeypatch.setattr(statistics, '_PROGRESS_SECONDS', 0.0)
-  norm = statistics.normalization(paper_data)
+  norm = input_pipeline.load(paper_data).normalization
   assert norm.mean.shape == (SIZE, SIZE, 3)
   assert 'computing them once' in caplog.text
   assert 'Statistics: 12 of 12 images (100%)' in caplog.text
-  path = statistics.cache_path(paper_data)
+  path = statistics.cache_path(paper_data, sources.open_source(paper_data))
   assert path == os.path.join(paper_data.image_folder, '.statistics',
                               f'train_{SIZE}.npz')
   cache = statistics.load_stats(path)
@@ -190,28 +190,28 @@ def test_paper_config_computes_the_mean_image_once_then_reads_it(
   np.testing.assert_array_equal(norm.mean, cache['mean_image'])
   np.testing.assert_array_equal(norm.eigval, cache['eigval'])
   # The cache's hidden folder is not a class.
-  assert sources.num_classes(paper_data) == 3
+  assert sources.open_source(paper_data).num_classes == 3
 
   _refuse_to_compute(monkeypatch)
   caplog.clear()
-  again = statistics.normalization(paper_data)
+  again = input_pipeline.load(paper_data).normalization
   np.testing.assert_array_equal(again.mean, norm.mean)
   assert 'computing' not in caplog.text
-  batch = next(input_pipeline.train_iterator(paper_data, batch_size=4, seed=0))
+  batch = next(input_pipeline.load(paper_data).train_iterator(batch_size=4, seed=0))
   # The mean image under each crop is the compiled step's to subtract.
   assert batch['shift'].shape == (4, 1, 1, 3) and batch['corner'].shape == (4, 2)
-  np.testing.assert_array_equal(input_pipeline.mean_image(paper_data), norm.mean)
+  np.testing.assert_array_equal(input_pipeline.load(paper_data).mean_image, norm.mean)
 
 
 def test_a_corrupt_or_stale_cache_is_recomputed_with_a_warning(
     paper_data, caplog):
   caplog.set_level(logging.INFO)
-  statistics.normalization(paper_data)
-  path = statistics.cache_path(paper_data)
+  input_pipeline.load(paper_data).normalization
+  path = statistics.cache_path(paper_data, sources.open_source(paper_data))
   with open(path, 'wb') as f:
     f.write(b'not a zip file')
   caplog.clear()
-  statistics.normalization(paper_data)
+  input_pipeline.load(paper_data).normalization
   assert f'The statistics in {path} are unreadable' in caplog.text
   assert int(statistics.load_stats(path)['num_images']) == 12
 
@@ -219,15 +219,47 @@ def test_a_corrupt_or_stale_cache_is_recomputed_with_a_warning(
   _write_images(pathlib.Path(paper_data.image_folder) / 'a', 3,
                 np.random.default_rng(2), first=6)
   caplog.clear()
-  statistics.normalization(paper_data)
+  input_pipeline.load(paper_data).normalization
   assert 'are stale: they describe num_examples 12, not 14' in caplog.text
   assert int(statistics.load_stats(path)['num_images']) == 14
 
   caplog.clear()
   paper_data.resize_size = 24
-  assert statistics.normalization(paper_data).mean.shape == (24, 24, 3)
+  assert input_pipeline.load(paper_data).normalization.mean.shape == (24, 24, 3)
   assert 'computing them once' in caplog.text  # a cache per size
   assert os.path.isfile(path)
+
+
+def test_a_cache_of_other_images_in_the_same_number_is_recomputed(paper_data, caplog):
+  before = input_pipeline.load(paper_data).normalization
+  # One image gone, one new in its place: the count holds, the images do not.
+  folder = pathlib.Path(paper_data.image_folder) / 'a'
+  os.remove(folder / '0.png')
+  _write_images(folder, 1, np.random.default_rng(7), first=9)
+  caplog.set_level(logging.WARNING)
+  after = input_pipeline.load(paper_data).normalization
+  assert ("are stale: they describe other images of split 'train' than there "
+          'are now (listing') in caplog.text
+  assert not np.array_equal(after.mean, before.mean)
+  path = statistics.cache_path(paper_data, sources.open_source(paper_data))
+  assert int(statistics.load_stats(path)['num_images']) == 12
+
+
+def test_an_edited_cache_is_recomputed(paper_data, caplog):
+  norm = input_pipeline.load(paper_data).normalization
+  path = statistics.cache_path(paper_data, sources.open_source(paper_data))
+  with np.load(path) as f:
+    edited = dict(f)
+  edited['mean_image'] = np.full_like(edited['mean_image'], 1e6)
+  np.savez(path.removesuffix('.npz'), **edited)  # the old digest with it
+  caplog.set_level(logging.WARNING)
+  again = input_pipeline.load(paper_data).normalization
+  assert 'do not match the digest written with them (edited or damaged)' in caplog.text
+  np.testing.assert_array_equal(again.mean, norm.mean)
+  # A stats file given by hand is refused, not recomputed.
+  np.savez(path.removesuffix('.npz'), **edited)
+  with pytest.raises(ValueError, match=r'unreadable .*edited or damaged.*rewrite it'):
+    statistics.load_stats(path)
 
 
 def test_an_unwritable_cache_names_the_remedy(paper_data):
@@ -235,7 +267,7 @@ def test_an_unwritable_cache_names_the_remedy(paper_data):
   open(os.path.join(paper_data.image_folder, statistics.CACHE_DIR), 'w').close()
   with pytest.raises(PermissionError, match=r'Set --config.data.stats_file='
                      r'PATH.npz somewhere writable'):
-    statistics.normalization(paper_data)
+    input_pipeline.load(paper_data).normalization
 
 
 def test_a_stats_file_of_other_data_is_used_with_a_warning(stats, paper_data,
@@ -243,13 +275,13 @@ def test_a_stats_file_of_other_data_is_used_with_a_warning(stats, paper_data,
   _, path = stats
   caplog.set_level(logging.INFO)
   paper_data.stats_file = path
-  norm = statistics.normalization(paper_data)
+  norm = input_pipeline.load(paper_data).normalization
   np.testing.assert_array_equal(norm.mean, statistics.load_stats(path)['mean_image'])
   assert 'num_examples 48, not 12' in caplog.text
   assert "using it as data.stats_file says" in caplog.text
   paper_data.resize_size = 30
   with pytest.raises(ValueError, match='recompute it with --mode=stats'):
-    statistics.normalization(paper_data)
+    input_pipeline.load(paper_data).normalization
 
 
 def test_training_subtracts_the_mean_image_of_the_stats_file(stats):
@@ -259,9 +291,9 @@ def test_training_subtracts_the_mean_image_of_the_stats_file(stats):
   data.update(dict(image_folder=str(root), resize_size=SIZE, image_size=28,
                    stats_file=path, mean_image=True, pca_sigma=0.0,
                    std_rgb=(1.0, 1.0, 1.0)))
-  mean = statistics.normalization(data).mean
+  mean = input_pipeline.load(data).normalization.mean
   assert mean.shape == (SIZE, SIZE, 3)
-  batch = next(input_pipeline.train_iterator(data, batch_size=48, seed=0))
+  batch = next(input_pipeline.load(data).train_iterator(batch_size=48, seed=0))
   centred = np.asarray(trainer.standardize(batch, data.std_rgb, mean))
   # Each image minus the mean image's window under its crop, then reflected.
   for i, (top, left) in enumerate(batch['corner']):
@@ -274,7 +306,7 @@ def test_training_subtracts_the_mean_image_of_the_stats_file(stats):
   assert np.abs(centred.mean(axis=0)).max() < 0.5 * 255 * np.sqrt(EIGVAL[0])
   assert np.abs(centred.mean()) < 1
   data.mean_image = False
-  np.testing.assert_array_equal(statistics.normalization(data).mean,
+  np.testing.assert_array_equal(input_pipeline.load(data).normalization.mean,
                                 statistics.load_stats(path)['mean_rgb'])
 
 
@@ -284,8 +316,8 @@ def test_evaluation_subtracts_the_mean_image_under_its_crops(stats, ten_crop):
   data = demo_config.get_config().data
   data.update(dict(image_folder=str(root), resize_size=SIZE, image_size=28,
                    stats_file=path, mean_image=True, std_rgb=(1.0, 2.0, 4.0)))
-  mean = statistics.normalization(data).mean
-  batch = next(input_pipeline.eval_iterator(data, batch_size=4, ten_crop=ten_crop))
+  mean = input_pipeline.load(data).normalization.mean
+  batch = next(input_pipeline.load(data).eval_iterator(batch_size=4, ten_crop=ten_crop))
   # Corners, not a float32 copy of the mean under every crop, travel.
   assert batch['shift'].shape == (4, *[1] * (batch['image'].ndim - 2), 3)
   assert not batch['shift'].any()
@@ -316,10 +348,10 @@ def test_eval_mode_subtracts_the_mean_image_the_run_trained_with(
   with open(os.path.join(workdir, run_files.RESULTS)) as f:
     results = json.load(f)
   # --mode=eval's restore gives its Trainer the mean image the run used.
-  chosen = evaluation.restore_chosen(config, workdir)
+  chosen = evaluation.restore_chosen(config, workdir, input_pipeline.load(config.data))
   assert chosen.step == 2
   errors = evaluation.evaluate(chosen.trainer, chosen.state, chosen.config,
-                               ten_crop=True)
+                               chosen.dataset, ten_crop=True)
   assert errors['examples'] == results['val_examples_10crop'] > 0
   assert errors['top1_error'] == pytest.approx(results['val_top1_error_10crop'])
   assert errors['top5_error'] == pytest.approx(results['val_top5_error_10crop'])

@@ -49,7 +49,7 @@ def folder_1001(tmp_path_factory):
 def test_1001_examples_at_batch_64_on_8_devices_count_once(folder_1001):
   config = _config(folder_1001)
   trainer, state = _trainer(config, jax.devices()[:8])
-  batches = input_pipeline.eval_iterator(config.data, batch_size=64)
+  batches = input_pipeline.load(config.data).eval_iterator(batch_size=64)
   metrics = trainer.evaluate(state, batches)
   assert int(metrics.loss.count) == 1001
   got = {k: float(v) for k, v in metrics.compute().items()}
@@ -58,7 +58,7 @@ def test_1001_examples_at_batch_64_on_8_devices_count_once(folder_1001):
   apply = jax.jit(lambda image: trainer.model.apply(
       {'params': state.params}, image, train=False))
   losses, top1, top5 = [], [], []
-  for example in input_pipeline.eval_iterator(config.data, batch_size=1):
+  for example in input_pipeline.load(config.data).eval_iterator(batch_size=1):
     logits = np.asarray(apply(standardize(example, config.data.std_rgb)))[0]
     label = int(example['label'][0])
     rank = int((logits > logits[label]).sum())

@@ -12,6 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 import evaluation
+import input_pipeline
 import run_files
 from data import sources
 from models import kernels
@@ -90,7 +91,7 @@ def test_training_logs_relu_sparsity_and_the_kernel_grid(demo_run):
 
 def _training_image_files(config, indices, folder) -> list[str]:
   """Training images `indices` (in the split's fixed order) as files."""
-  source = sources.get_source(config.data)
+  source = sources.open_source(config.data)
   wanted = set(indices)
   paths = {}
   for i, example in enumerate(source.read(config.data.train_split, None).as_numpy_iterator()):
@@ -123,7 +124,7 @@ def test_nearest_neighbour_of_a_training_image_is_itself(demo_run, tmp_path):
 
 def test_training_features_are_computed_once_per_checkpoint(demo_run):
   config, workdir = demo_run
-  chosen = evaluation.restore_chosen(config, workdir)
+  chosen = evaluation.restore_chosen(config, workdir, input_pipeline.load(config.data))
   features, labels, stride = figures.training_features(chosen, workdir)
   assert stride == 1 and features.dtype == np.float16
   assert features.shape == (320, config.model.fc_features[1])

@@ -11,6 +11,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+import checkpointing
+import evaluation
 import input_pipeline
 import train
 from configs import demo as demo_config
@@ -57,24 +59,24 @@ def test_split_folders_give_classes_labels_and_sizes(tmp_path):
   root = _folder(tmp_path, per_class=4)
   folder = image_folder.scan(root)
   assert folder.class_names == ('a', 'b', 'c')
-  paths, labels = folder.splits['validation']
+  paths, labels = folder.splits['validation'].paths, folder.splits['validation'].labels
   assert len(paths) == 12 and sorted(set(labels.tolist())) == [0, 1, 2]
-  assert all(f'/validation/{folder.class_names[l]}/' in p
+  assert all(p.startswith(f'validation/{folder.class_names[l]}/'.encode())
              for p, l in zip(paths, labels))
-  info = input_pipeline.dataset_info(_config(root).data)
-  assert info == input_pipeline.DatasetInfo(3, 12, 12)
+  info = input_pipeline.load(_config(root).data)
+  assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (3, 12, 12)
 
 
 def test_val_fraction_holds_out_each_class_disjointly(tmp_path):
   root = _folder(tmp_path, per_class=10, split_dirs=False)
   folder = image_folder.scan(root, val_fraction=0.2)
-  train_paths, _ = folder.splits['train']
-  val_paths, val_labels = folder.splits['validation']
+  train_paths = folder.splits['train'].paths
+  val_paths, val_labels = folder.splits['validation'].paths, folder.splits['validation'].labels
   assert len(val_paths) == 6 and len(train_paths) == 24
   assert not set(train_paths) & set(val_paths)
   assert sorted(val_labels.tolist()) == [0, 0, 1, 1, 2, 2]
   again = image_folder.scan(root, val_fraction=0.2)
-  np.testing.assert_array_equal(again.splits['validation'][0], val_paths)
+  np.testing.assert_array_equal(again.splits['validation'].paths, val_paths)
   with pytest.raises(ValueError, match='val_fraction'):
     image_folder.scan(root)
 
@@ -143,7 +145,7 @@ def test_epochs_cut_short_by_corrupt_files_go_on(tmp_path):
   for i in range(5):
     with open(f'{root}/train/b/truncated{i}.jpg', 'wb') as f:
       f.write(open(f'{root}/train/a/0.jpg', 'rb').read()[:300])
-  batches = input_pipeline.train_iterator(_config(root).data, batch_size=1, seed=0)
+  batches = input_pipeline.load(_config(root).data).train_iterator(batch_size=1, seed=0)
   labels = [int(next(batches)['label'][0]) for _ in range(18)]
   batches.close()
   for epoch in range(3):
@@ -158,7 +160,7 @@ def test_corrupt_file_fails_fast_when_configured(tmp_path):
   _odd_files(root)
   data = _config(root, skip_corrupt=False).data
   with pytest.raises(ValueError, match='skip_corrupt'):
-    batches = input_pipeline.train_iterator(data, batch_size=10, seed=0)
+    batches = input_pipeline.load(data).train_iterator(batch_size=10, seed=0)
     next(batches)
 
 
@@ -181,9 +183,9 @@ def test_prepare_writes_the_papers_squares_and_training_reads_them(tmp_path):
   assert sizes == {(32, 32)}
   # The wide PNG's central square is all bright: exactly one copy is.
   assert sum(np.asarray(Image.open(f)).min() > 200 for f in files) == 1
-  info = input_pipeline.dataset_info(data)
-  assert info == input_pipeline.DatasetInfo(2, 4, 5)
-  batch = next(input_pipeline.train_iterator(data, batch_size=4, seed=0))
+  info = input_pipeline.load(data)
+  assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (2, 4, 5)
+  batch = next(input_pipeline.load(data).train_iterator(batch_size=4, seed=0))
   assert batch['image'].shape == (4, 32, 32, 3)
   # Whole-square crops of the copy are its images, pixel for pixel.
   stored = [tf.io.decode_jpeg(open(f, 'rb').read(),
@@ -197,15 +199,15 @@ def test_prepare_writes_the_papers_squares_and_training_reads_them(tmp_path):
   larger = _config(root, prepared_dir=prepared, resize_size=48,
                    image_size=32).data
   with pytest.raises(ValueError, match=r'32x32 images.*resize_size=32'):
-    input_pipeline.train_iterator(larger, batch_size=4, seed=0)
+    input_pipeline.load(larger).train_iterator(batch_size=4, seed=0)
   info_file = os.path.join(prepared, sources.PREPARED_INFO)
   with open(info_file, 'w') as f:
     f.write('{"resize')  # cut short
   with pytest.raises(ValueError, match='prepare it again'):
-    input_pipeline.train_iterator(data, batch_size=4, seed=0)
+    input_pipeline.load(data).train_iterator(batch_size=4, seed=0)
   os.remove(info_file)
   with pytest.raises(ValueError, match='prepare it again'):
-    input_pipeline.train_iterator(data, batch_size=4, seed=0)
+    input_pipeline.load(data).train_iterator(batch_size=4, seed=0)
 
 
 def test_an_evaluation_of_no_decodable_image_is_an_error(tmp_path):
@@ -285,3 +287,99 @@ def test_a_file_that_cannot_be_read_names_the_setting():
   with pytest.raises(ValueError, match=r'could not be read or decoded: /data/a/0.jpg; '
                      r'No such file or directory\. Set --config.data.skip_corrupt=True'):
     list(preprocessing.explain_errors(batches()))
+
+
+def _count_reads(monkeypatch, root):
+  """Counts os.scandir of ROOT's class folders, and the reads of its
+  statistics' cache."""
+  counts = {'listed': 0, 'statistics': 0}
+  scandir, load = os.scandir, np.load
+
+  def counting_scandir(path='.'):
+    if os.path.dirname(os.path.dirname(str(path))) == str(root):
+      counts['listed'] += 1
+    return scandir(path)
+
+  def counting_load(file, *args, **kwargs):
+    loaded = load(file, *args, **kwargs)
+    counts['statistics'] += '.statistics' in str(file)
+    return loaded
+
+  monkeypatch.setattr(os, 'scandir', counting_scandir)
+  monkeypatch.setattr(np, 'load', counting_load)
+  return counts
+
+
+def test_a_run_lists_its_folder_once_and_the_next_run_not_at_all(
+    tmp_path, monkeypatch):
+  root = _folder(tmp_path / 'data', per_class=8, classes=('a', 'b'))
+  config = _config(root, mean_image=True, resize_size=67, image_size=67)
+  config.batch_size = config.eval_batch_size = 8
+  config.model.num_classes = 0
+  config.num_train_steps, config.eval_every_epochs = 4, 1.0  # two evaluations
+  counts = _count_reads(monkeypatch, tmp_path / 'data')
+  train.train_and_evaluate(config, str(tmp_path / 'work'))
+  # Four class folders, each listed once; the statistics computed, then
+  # read by no one again.
+  assert counts == {'listed': 4, 'statistics': 0}
+  assert os.path.isfile(os.path.join(root, '.listing', 'images.npz'))
+
+  counts.update(listed=0)
+  config.num_train_steps = 6  # the same run, resumed: listing and statistics read once
+  train.train_and_evaluate(config, str(tmp_path / 'work'))
+  assert counts == {'listed': 0, 'statistics': 1}
+  counts.update(statistics=0)
+  config.eval.checkpoint = 'latest'
+  evaluation.report(config, str(tmp_path / 'work'))
+  assert counts == {'listed': 0, 'statistics': 1}
+
+
+def test_a_changed_folder_is_listed_again_with_a_warning(tmp_path, caplog):
+  root = _folder(tmp_path, per_class=2, classes=('a', 'b'))
+  assert image_folder.scan(root).num_examples('train') == 4
+  _write(f'{root}/train/b/new.jpg', _pattern(np.random.default_rng(0), 1))
+  os.remove(f'{root}/train/a/0.jpg')
+  os.makedirs(f'{root}/train/c')
+  _write(f'{root}/train/c/0.jpg', _pattern(np.random.default_rng(0), 2))
+  with caplog.at_level('WARNING'):
+    folder = image_folder.scan(root)
+  assert folder.num_examples('train') == 5 and folder.class_names == ('a', 'b', 'c')
+  assert ('folders added: 1 (train/c); folders whose files changed: 2 '
+          '(train/a, train/b)); listing those folders again') in caplog.text
+
+
+def test_a_folder_where_the_listing_cannot_be_written_is_listed_as_before(tmp_path):
+  root = _folder(tmp_path, per_class=2, classes=('a', 'b'))
+  # Tests run as root, who may write anywhere: a file where the listing's
+  # folder would go fails the write as a read-only folder does.
+  open(os.path.join(root, '.listing'), 'w').close()
+  first, again = image_folder.scan(root), image_folder.scan(root)
+  assert first.fingerprint('train') == again.fingerprint('train')
+  assert again.num_examples('validation') == 4
+
+
+def test_resuming_on_changed_data_is_refused_naming_what_differs(tmp_path, caplog):
+  root = _folder(tmp_path / 'data', per_class=8, classes=('a', 'b'))
+  config = _config(root, mean_image=True, resize_size=67, image_size=67)
+  config.batch_size = config.eval_batch_size = 8
+  config.model.num_classes = 0
+  config.num_train_steps = 2
+  workdir = str(tmp_path / 'work')
+  train.train_and_evaluate(config, workdir)
+  rng = np.random.default_rng(5)
+  for i in range(8):
+    _write(f'{root}/train/a/new{i}.jpg', _pattern(rng, 0))
+  config.num_train_steps = 4
+  with pytest.raises(checkpointing.DataMismatchError) as e:
+    train.train_and_evaluate(config, workdir)
+  message = str(e.value)
+  assert 'The data differ from those checkpoint 2 in' in message
+  assert 'train_examples: 16 -> 24' in message and 'train_files: ' in message
+  assert 'normalization: ' in message and 'eval_files' not in message
+  assert '--config.checkpoint.allow_other_data=True' in message
+  # Knowingly: it goes on, and says so.
+  config.checkpoint.allow_other_data = True
+  with caplog.at_level('WARNING'):
+    results = train.train_and_evaluate(config, workdir)
+  assert results['step'] == 4
+  assert 'Resuming all the same, as checkpoint.allow_other_data says' in caplog.text

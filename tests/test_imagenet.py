@@ -86,20 +86,20 @@ def imagenet(tmp_path_factory):
 
 def test_builder_prepares_both_splits_with_1000_classes(imagenet):
   config, _, train_synsets = imagenet
-  info = input_pipeline.dataset_info(config.data)
+  info = input_pipeline.load(config.data)
   expected_train = len(train_synsets) * PER_SYNSET + ('n02105855' in train_synsets)
-  assert info == input_pipeline.DatasetInfo(1000, expected_train, NUM_VAL)
+  assert (info.num_classes, info.num_train_examples,
+          info.num_eval_examples) == (1000, expected_train, NUM_VAL)
 
 
 def test_labels_reach_training_and_evaluation(imagenet):
   config, val_synsets, train_synsets = imagenet
   synset_index = {s: i for i, s in enumerate(_lines('labels.txt'))}
-  batches = list(input_pipeline.eval_iterator(config.data, batch_size=8))
+  batches = list(input_pipeline.load(config.data).eval_iterator(batch_size=8))
   labels = batches[0]['label'][batches[0]['mask'] > 0]
   # TFDS stores validation files in its own order; compare as multisets.
   assert sorted(labels.tolist()) == sorted(synset_index[s] for s in val_synsets)
-  train_labels = next(input_pipeline.train_iterator(
-      config.data, batch_size=12, seed=0))['label']
+  train_labels = next(input_pipeline.load(config.data).train_iterator(batch_size=12, seed=0))['label']
   assert set(train_labels.tolist()) == {synset_index[s] for s in train_synsets}
 
 

@@ -74,9 +74,9 @@ def test_demo_builder_metadata(data_dir):
   assert builder.builder_config.name == 'tiny'
   assert builder.info.features['label'].names == list(demo_shapes.CLASS_NAMES)
   assert builder.info.features['image'].shape == (80, 80, 3)
-  info = input_pipeline.dataset_info(_data_config(data_dir))
-  assert info == input_pipeline.DatasetInfo(
-      num_classes=10, num_train_examples=320, num_eval_examples=100)
+  info = input_pipeline.load(_data_config(data_dir))
+  assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (
+      10, 320, 100)
   # The default config is the full dataset.
   full = tfds.builder('demo_shapes', data_dir=str(data_dir))
   assert full.builder_config.name == 'full'
@@ -127,8 +127,8 @@ def _locate(crop: np.ndarray, images: np.ndarray):
 
 
 def test_train_batch_shapes_and_dtypes(data_dir):
-  batch = next(input_pipeline.train_iterator(
-      _data_config(data_dir), batch_size=16, seed=0))
+  batch = next(input_pipeline.load(_data_config(data_dir)).train_iterator(
+      batch_size=16, seed=0))
   assert set(batch) == {'image', 'shift', 'flip', 'label'}
   assert batch['image'].shape == (16, 64, 64, 3)
   assert batch['image'].dtype == np.uint8
@@ -148,7 +148,7 @@ def test_train_images_are_whole_images_flipped_by_the_step(data_dir,
   # reflects those whose 'flip' is set, and the model sees the paper's
   # normalisation of it: (image - mean) / std.
   data = _data_config(data_dir, image_size=80)
-  batch = next(input_pipeline.train_iterator(data, batch_size=32, seed=0))
+  batch = next(input_pipeline.load(data).train_iterator(batch_size=32, seed=0))
   assert 0 < batch['flip'].sum() < 32  # Both orientations occur.
   got = np.asarray(trainer.standardize(batch, data.std_rgb))
   for image, flip, standardized in zip(batch['image'], batch['flip'], got):
@@ -163,7 +163,7 @@ def test_train_images_are_whole_images_flipped_by_the_step(data_dir,
 
 def test_train_crops_are_random_windows(data_dir, train_images):
   data = _data_config(data_dir, image_size=64)
-  batch = next(input_pipeline.train_iterator(data, batch_size=8, seed=3))
+  batch = next(input_pipeline.load(data).train_iterator(batch_size=8, seed=3))
   offsets = set()
   for image in batch['image']:
     found = _locate(image, train_images)
@@ -178,7 +178,7 @@ def test_train_iterator_is_seeded(data_dir):
 
   def batches(seed, n=12):
     # 12 batches of 32 cross the 320-example epoch boundary.
-    it = input_pipeline.train_iterator(data, batch_size=32, seed=seed)
+    it = input_pipeline.load(data).train_iterator(batch_size=32, seed=seed)
     return [next(it) for _ in range(n)]
 
   a, b, c = batches(0), batches(0), batches(1)
@@ -196,7 +196,7 @@ def test_train_iterator_is_seeded(data_dir):
 def test_crop_larger_than_resize_is_rejected(data_dir):
   data = _data_config(data_dir, image_size=96)
   with pytest.raises(ValueError, match='image_size'):
-    input_pipeline.train_iterator(data, batch_size=8, seed=0)
+    input_pipeline.load(data).train_iterator(batch_size=8, seed=0)
 
 
 # --- Evaluation batches. ---
@@ -205,7 +205,7 @@ def test_crop_larger_than_resize_is_rejected(data_dir):
 def test_eval_is_exact_centre_crop_of_each_example_once(data_dir):
   data = _data_config(data_dir, image_size=72)
   images, labels = _decoded(data, 'validation')
-  batches = list(input_pipeline.eval_iterator(data, batch_size=32))
+  batches = list(input_pipeline.load(data).eval_iterator(batch_size=32))
   assert len(batches) == 4  # ceil(100 / 32)
   for batch in batches:
     assert set(batch) == {'image', 'shift', 'label', 'mask'}
@@ -231,7 +231,7 @@ def test_eval_is_exact_centre_crop_of_each_example_once(data_dir):
 
 def test_eval_resizes_shorter_side(data_dir):
   data = _data_config(data_dir, resize_size=120, image_size=100)
-  batch = next(input_pipeline.eval_iterator(data, batch_size=8))
+  batch = next(input_pipeline.load(data).eval_iterator(batch_size=8))
   assert batch['image'].shape == (8, 100, 100, 3)
   assert batch['mask'].sum() == 8
   # Upsampled 80 -> 120, the centre 100 is the source's centre 66.7 pixels.
@@ -338,7 +338,7 @@ def test_class_count_of_an_image_folder_and_a_mismatch(tmp_path):
 
 
 def _stream(data, n, *, seed=0, start_step=0, batch_size=32):
-  it = input_pipeline.train_iterator(data, batch_size=batch_size, seed=seed,
+  it = input_pipeline.load(data).train_iterator(batch_size=batch_size, seed=seed,
                                      start_step=start_step)
   return [next(it) for _ in range(n)]
 
@@ -358,8 +358,8 @@ def test_resume_at_step_k_continues_the_uninterrupted_stream(data_dir):
 
 
 def test_steps_per_epoch_divides_the_smallest_shard(data_dir):
-  assert input_pipeline.steps_per_epoch(_data_config(data_dir), 32) == 10
-  assert input_pipeline.steps_per_epoch(_data_config(data_dir), 48) == 6
+  assert input_pipeline.load(_data_config(data_dir)).steps_per_epoch(32) == 10
+  assert input_pipeline.load(_data_config(data_dir)).steps_per_epoch(48) == 6
 
 
 # --- PCA lighting. ---
@@ -397,8 +397,8 @@ def test_training_lighting_shifts_each_image_by_one_colour(data_dir):
   plain = _data_config(data_dir)
   lit = _data_config(data_dir, pca_sigma=0.5, eigval=tuple(EIGVAL.tolist()),
                      eigvec=tuple(map(tuple, EIGVEC.tolist())))
-  a = next(input_pipeline.train_iterator(plain, batch_size=16, seed=4))
-  b = next(input_pipeline.train_iterator(lit, batch_size=16, seed=4))
+  a = next(input_pipeline.load(plain).train_iterator(batch_size=16, seed=4))
+  b = next(input_pipeline.load(lit).train_iterator(batch_size=16, seed=4))
   np.testing.assert_array_equal(a['image'], b['image'])
   np.testing.assert_array_equal(a['flip'], b['flip'])
   per_image = (b['shift'] - a['shift'])[:, 0, 0]
@@ -548,7 +548,7 @@ def test_ten_crops_are_the_corners_centre_and_reflections():
 def test_ten_crop_eval_batches(data_dir):
   data = _data_config(data_dir, image_size=72)
   images, labels = _decoded(data, 'validation')
-  batches = list(input_pipeline.eval_iterator(data, batch_size=64,
+  batches = list(input_pipeline.load(data).eval_iterator(batch_size=64,
                                               ten_crop=True))
   assert [b['image'].shape for b in batches] == [(64, 5, 72, 72, 3)] * 2
   mask = np.concatenate([b['mask'] for b in batches])

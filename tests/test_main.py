@@ -33,7 +33,7 @@ def test_train_on_demo_writes_events_and_results(tmp_path, tiny_demo_flags):
                           'val_examples_10crop'}
   assert results['step'] == 6
   assert 0.0 <= results['val_top1_error'] <= 1.0
-  assert results['val_examples'] == input_pipeline.dataset_info(
+  assert results['val_examples'] == input_pipeline.load(
       _tiny_data_config(tmp_path)).num_eval_examples
   # The paper's test of the final state: each image's ten crops count once.
   assert results['val_examples_10crop'] == results['val_examples']

@@ -115,7 +115,7 @@ def test_find_images_recurses_in_order_and_keeps_named_files(tmp_path):
 
 
 def test_imagenet_labels_get_their_wordnet_names():
-  names = sources.class_names(alexnet.get_config().data)  # metadata only, no data
+  names = sources.open_source(alexnet.get_config().data).class_names  # metadata only, no data
   assert len(names) == 1000
   # TFDS's imagenet2012 labels are synsets in sorted order: n01440764 first,
   # n15075141 last.
@@ -132,4 +132,4 @@ def test_image_folder_labels_are_its_subfolders(tmp_path):
     Image.new('RGB', (8, 8)).save(tmp_path / name / 'x.png')
   data = alexnet.get_config().data
   data.image_folder = str(tmp_path)
-  assert sources.class_names(data) == ('cat', 'tench')
+  assert sources.open_source(data).class_names == ('cat', 'tench')

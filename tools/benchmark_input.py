@@ -39,7 +39,7 @@ from PIL import Image
 
 import input_pipeline
 import parallel
-from data import preprocessing, sources
+from data import preprocessing
 
 _IMAGES_PER_ROUND = 512
 _ROUNDS = 5
@@ -117,19 +117,18 @@ def _decode_timer(images: list[bytes], workers: int,
   return run
 
 
-def _pipeline_timer(data: ml_collections.ConfigDict, batch_size: int,
+def _pipeline_timer(dataset: input_pipeline.Dataset, batch_size: int,
                     seed: int) -> Callable[[], float]:
   steps = math.ceil(_IMAGES_PER_ROUND / batch_size)
   # Each round begins an epoch, so that (with more than `steps` batches in an
   # epoch) none includes setting up the next epoch's pipeline.
-  epoch_starts = itertools.count(
-      0, input_pipeline.steps_per_epoch(data, batch_size))
+  epoch_starts = itertools.count(0, dataset.steps_per_epoch(batch_size))
 
   def run() -> float:
     # A new pipeline each round, timed from its first batch on: nothing it
     # decodes while the other loaders run counts, or competes with them.
-    batches = input_pipeline.train_iterator(
-        data, batch_size=batch_size, seed=seed, start_step=next(epoch_starts),
+    batches = dataset.train_iterator(
+        batch_size=batch_size, seed=seed, start_step=next(epoch_starts),
         lookahead=0)
     next(batches)
     start = time.perf_counter()
@@ -142,9 +141,9 @@ def _pipeline_timer(data: ml_collections.ConfigDict, batch_size: int,
   return run
 
 
-def _encoded_training_images(data: ml_collections.ConfigDict,
+def _encoded_training_images(dataset: input_pipeline.Dataset,
                              count: int) -> list[bytes]:
-  source = sources.get_source(data)
+  data, source = dataset.data, dataset.source
   ds = source.read(data.train_split, None).take(count)
   images = list(ds.map(lambda ex: source.load(ex['image'])).as_numpy_iterator())
   if len(images) < count:
@@ -158,9 +157,10 @@ def report(config: ml_collections.ConfigDict) -> str:
   data = config.data
   workers = len(os.sched_getaffinity(0))  # the CPUs this process may use
   batch_size = parallel.process_batch_size(config.batch_size)
-  images = _encoded_training_images(data, _IMAGES_PER_ROUND)
+  dataset = input_pipeline.load(data)
+  images = _encoded_training_images(dataset, _IMAGES_PER_ROUND)
   timers = {
-      'input': _pipeline_timer(data, batch_size, config.seed),
+      'input': _pipeline_timer(dataset, batch_size, config.seed),
       # DecodeJpeg reads PNGs and GIFs too; JPEGs with the pipeline's DCT.
       'decode-only': _decode_timer(images, workers, lambda x: tf.io.decode_jpeg(
           x, channels=3, dct_method=preprocessing.DCT_METHODS[data.jpeg_dct])),
@@ -178,7 +178,7 @@ def report(config: ml_collections.ConfigDict) -> str:
     stop_pil()
   best = {k: max(v) for k, v in rates.items()}
   sizes = {Image.open(io.BytesIO(b)).size for b in images[:64]}
-  lines = [f'Input pipeline on {sources.source_name(data)} ({len(images)} images a round, e.g. '
+  lines = [f'Input pipeline on {dataset.name} ({len(images)} images a round, e.g. '
            f'{sorted(sizes)[0][0]}x{sorted(sizes)[0][1]}), {workers} workers, '
            f'batch {batch_size}, {data.image_size}x{data.image_size} crops, '
            f'best of {_ROUNDS} rounds:']

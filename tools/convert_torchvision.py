@@ -146,7 +146,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  # Defined here, not on import: main.py and tools/ablate.py define
+  # Defined here, not on import: main.py and python -m sweeps define
   # --config and --workdir too, and tests import these modules together.
   config_flags.DEFINE_config_file(
       'config', None, 'The config the checkpoint is for, e.g. '

@@ -28,7 +28,6 @@ import evaluation
 import input_pipeline
 import parallel
 import run_files
-from data import batching, sources
 from models import kernels as kernels_lib
 
 FIGURES = 'figures'
@@ -85,8 +84,7 @@ def training_features(chosen: evaluation.Chosen,
   the stride. Computed once per checkpoint, data config and subset, and
   cached in WORKDIR/features/."""
   config = chosen.config
-  data = config.data
-  source = sources.get_source(data)
+  data, source = config.data, chosen.dataset.source
   stride, count = _subset(config, source.num_examples(data.train_split))
   base = os.path.join(workdir, FEATURES, str(chosen.step))
   key = json.loads(json.dumps({'data': data.to_dict(), 'stride': stride}))
@@ -97,7 +95,7 @@ def training_features(chosen: evaluation.Chosen,
   except (OSError, ValueError):
     pass  # not cached yet, or half-written
   logging.info('Computing fc7 features of %d training images of %r (every '
-               '%d-th) into %s.npy.', count, input_pipeline.source_name(data),
+               '%d-th) into %s.npy.', count, source.name,
                stride, base)
 
   os.makedirs(os.path.dirname(base), exist_ok=True)
@@ -115,7 +113,7 @@ def training_features(chosen: evaluation.Chosen,
     features[batch.index] = batch.values['fc7']
     labels[batch.index] = batch.values['label']
   if features is None:
-    raise ValueError(f'No training image of {input_pipeline.source_name(data)!r} '
+    raise ValueError(f'No training image of {source.name!r} '
                      'could be decoded.')
   features.flush()
   del features
@@ -160,16 +158,15 @@ def _training_crops(chosen: evaluation.Chosen,
                     indices: np.ndarray) -> dict[int, np.ndarray]:
   """The centre crops of the training images at split `indices`; the
   split's encoded records are read in order, only these decoded."""
-  data = chosen.config.data
-  source = sources.get_source(data)
+  data, source = chosen.config.data, chosen.dataset.source
   wanted = tf.constant(np.unique(indices))
   examples = source.read(data.train_split, None).enumerate().filter(
       lambda i, _: tf.reduce_any(tf.equal(i, wanted))).map(
           lambda i, ex: {'index': i, 'image': ex['image']})
   crops = {}
-  for batch in batching.indexed_views(data, examples, source.load,
-                                      batch_size=len(indices) or 1,
-                                      resample=not source.views):
+  for batch in chosen.dataset.views(examples, source.load,
+                                    batch_size=len(indices) or 1,
+                                    resample=not source.views):
     crops.update({int(i): image for i, image in zip(batch['index'], batch['image'])
                   if i >= 0})
   return crops
@@ -179,8 +176,8 @@ def neighbours(config: ml_collections.ConfigDict, workdir: str) -> str:
   """--mode=neighbours: writes the grid of config.predict.inputs' nearest
   training images; returns them as text."""
   paths = evaluation.input_paths(config)
-  chosen = evaluation.restore_chosen(config, workdir)
-  names = sources.class_names(chosen.config.data)
+  chosen = evaluation.restore_chosen(config, workdir, input_pipeline.load(config.data))
+  names = chosen.dataset.class_names
   queries, crops, fc7, skipped = [], [], [], []
   for batch in evaluation.file_outputs(chosen, paths):
     evaluation.report_skipped(paths, batch.skipped)
@@ -204,7 +201,7 @@ def neighbours(config: ml_collections.ConfigDict, workdir: str) -> str:
   subset = f' (one in {stride})' if stride > 1 else ''
   lines = [f'{chosen.description}: the training images nearest in fc7 (Euclidean '
            f'distance) among {int((labels >= 0).sum())} of '
-           f'{input_pipeline.source_name(chosen.config.data)!r} '
+           f'{chosen.dataset.name!r} '
            f'{chosen.config.data.train_split!r}{subset}, in {png}, '
            'one row per query, the query first:']
   for q, row, rank_rows, dist in zip(queries, split_index, rows, distances):
