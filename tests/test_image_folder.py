@@ -164,7 +164,7 @@ def test_corrupt_file_fails_fast_when_configured(tmp_path):
     next(batches)
 
 
-def test_prepare_writes_the_papers_squares_and_training_reads_them(tmp_path):
+def test_prepare_writes_the_papers_squares_and_training_reads_them(tmp_path, monkeypatch):
   root = _folder(tmp_path / 'src', per_class=2, classes=('a', 'b'))
   # A landscape image: its central square is what gets stored.
   wide = np.zeros((40, 80, 3), np.uint8)
@@ -183,7 +183,11 @@ def test_prepare_writes_the_papers_squares_and_training_reads_them(tmp_path):
   assert sizes == {(32, 32)}
   # The wide PNG's central square is all bright: exactly one copy is.
   assert sum(np.asarray(Image.open(f)).min() > 200 for f in files) == 1
+  # The copy's listing and class names were written with it.
+  counts = _count_reads(monkeypatch, prepared)
   info = input_pipeline.load(data)
+  assert counts['listed'] == 0 and info.class_names == ('a', 'b')
+  monkeypatch.undo()
   assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (2, 4, 5)
   batch = next(input_pipeline.load(data).train_iterator(batch_size=4, seed=0))
   assert batch['image'].shape == (4, 32, 32, 3)
