@@ -80,6 +80,8 @@ flags.DEFINE_string('coordinator_address', None,
                     'cluster manager (SLURM and Cloud TPU are detected).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
 flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+flags.DEFINE_integer('distributed_timeout', 300, 'Seconds a process waits for the '
+                     'coordinator and the others to join.', lower_bound=1)
 flags.mark_flags_as_required(['config'])
 
 
@@ -113,8 +115,11 @@ def main(argv):
     validation.check(FLAGS.config)
   except ValueError as e:
     sys.exit(f'Error: {e}')
-  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                  FLAGS.process_id)
+  try:
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id, FLAGS.distributed_timeout)
+  except parallel.DistributedError as e:
+    sys.exit(f'Error: {e}')
   try:
     output = mode.run(FLAGS.config, FLAGS.workdir)
   except Exception as e:  # noqa: BLE001
