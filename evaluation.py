@@ -21,7 +21,7 @@ import checkpointing
 import input_pipeline
 import parallel
 from data import image_folder, preprocessing
-from trainer import Trainer, TrainState
+from trainer import NonFiniteError, Trainer, TrainState
 
 # --mode=predict's exit status when some inputs could not be read as images.
 EXIT_SKIPPED = 3
@@ -38,7 +38,9 @@ def evaluate(trainer: Trainer, state: TrainState, config: ml_collections.ConfigD
   config.data.eval_split, and the number of examples they count (`examples`).
 
   An evaluation that counts no example (every image undecodable) is an
-  error, not a NaN reported as a result.
+  error, not a NaN reported as a result; so is one where an example gets a
+  NaN or infinite logit (NonFiniteError): a diverged state has no error
+  rate worth reporting.
   """
   batches = dataset.eval_iterator(
       batch_size=parallel.process_batch_size(config.eval_batch_size),
@@ -51,8 +53,15 @@ def evaluate(trainer: Trainer, state: TrainState, config: ml_collections.ConfigD
         f'{dataset.name!r} could be evaluated: '
         'every image failed to decode. Check the files, or evaluate another '
         'split with --config.data.eval_split.')
-  return {**{k: float(v) for k, v in metrics.compute().items()},
-          'examples': examples}
+  if nonfinite := round(float(metrics.nonfinite.total)):
+    raise NonFiniteError(
+        f'{nonfinite:,} of the {examples:,} examples of split '
+        f'{config.data.eval_split!r} got NaN or infinite logits from the state '
+        f'at step {int(state.step)}: it diverged, and its errors are not '
+        'reported. Evaluate an earlier checkpoint (--config.eval.checkpoint='
+        'STEP), or train again with a lower --config.optimizer.learning_rate.')
+  values = {k: float(v) for k, v in metrics.compute().items() if k != 'nonfinite'}
+  return {**values, 'examples': examples}
 
 
 def _choose_step(which: str, checkpoints: checkpointing.Checkpoints) -> int:
