@@ -200,7 +200,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str,
             out: TextIO = sys.stdout) -> list[str]:
   """Writes the top config.predict.top_k classes of each of
   config.predict.inputs to `out`, as text or JSON lines
-  (config.predict.format); returns the paths skipped as unreadable."""
+  (config.predict.format); returns the paths skipped as unreadable. A
+  model whose probabilities are not finite stops it (NonFiniteError)."""
   if config.predict.format not in ('text', 'json'):
     raise ValueError(f'--config.predict.format={config.predict.format!r}: '
                      "use 'text' or 'json'.")
@@ -212,13 +213,20 @@ def predict(config: ml_collections.ConfigDict, workdir: str,
   for batch in file_outputs(chosen, paths, ten_crop=config.predict.ten_crop):
     report_skipped(paths, batch.skipped)
     skipped += batch.skipped
-    probabilities = batch.values.get('probabilities', ())
+    probabilities = batch.values.get('probabilities', np.zeros((0, 0)))
+    if not np.isfinite(probabilities).all():
+      bad = batch.index[~np.isfinite(probabilities).all(axis=-1)]
+      raise NonFiniteError(
+          f'{chosen.description} gives NaN or infinite probabilities for '
+          f'{len(bad)} image(s) of this batch, the first {paths[bad[0]]}: the '
+          'model diverged, and no prediction is written for them. Predict '
+          'with an earlier checkpoint (--config.eval.checkpoint=STEP).')
     for i, p in zip(batch.index, probabilities):
       top = np.argsort(-p, kind='stable')[:config.predict.top_k]
       if config.predict.format == 'json':
         out.write(json.dumps({'path': paths[i], 'predictions': [
             {'label': int(k), 'name': names[k], 'probability': float(p[k])}
-            for k in top]}) + '\n')
+            for k in top]}, allow_nan=False) + '\n')
       else:
         out.write(paths[i] + '\n' + ''.join(
             f'  {p[k]:.4f}  {names[k]}\n' for k in top))
