@@ -58,6 +58,15 @@ def initialize_distributed(coordinator_address: str | None = None,
                jax.local_device_count(), jax.device_count())
 
 
+def _simulation_hint(devices: Sequence[jax.Device], needed: int) -> str:
+  """How to simulate `needed` (or 8, if it divides 8) devices on a CPU host."""
+  if devices[0].platform != 'cpu':
+    return ''
+  count = 8 if 8 % needed == 0 else needed
+  return (f' On a CPU, simulate {count} devices: start the command with '
+          f'XLA_FLAGS=--xla_force_host_platform_device_count={count}.')
+
+
 def make_mesh(mesh_config: ml_collections.ConfigDict,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """Builds the ('data', 'model') mesh; -1 for one axis means 'the rest'."""
@@ -70,12 +79,13 @@ def make_mesh(mesh_config: ml_collections.ConfigDict,
   if data == -1:
     if n % model:
       raise errors.InvalidInput(f'Mesh axis model={model} does not divide the {n} '
-                       f'devices; choose a model size that divides {n}.')
+                       f'devices; choose a model size that divides {n}.'
+                       + _simulation_hint(devices, model))
     data = n // model
   if data * model != n:
     raise errors.InvalidInput(f'Mesh data={data} x model={model} = {data * model} does '
                      f'not match the {n} devices; use data=-1 or sizes whose '
-                     f'product is {n}.')
+                     f'product is {n}.' + _simulation_hint(devices, data * model))
   return jax.make_mesh((data, model), MESH_AXES,
                        axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 

@@ -8,11 +8,14 @@ import os
 import subprocess
 import sys
 
+import jax
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 import checkpointing
+import parallel
 import run_files
 from data import image_folder, sources
 from runtime import errors
@@ -177,3 +180,12 @@ def test_finish_gives_the_skipped_status(capsys):
   assert errors.finish(None) == errors.EXIT_OK
   assert capsys.readouterr().out == 'text\nrows\n'
 
+
+def test_a_mesh_too_big_for_the_cpu_says_how_to_simulate_devices():
+  one = jax.devices()[:1]
+  with pytest.raises(errors.InvalidInput, match=(
+      r'model=2 does not divide the 1 devices; .* On a CPU, simulate 8 devices: '
+      r'start the command with XLA_FLAGS=--xla_force_host_platform_device_count=8\.')):
+    parallel.make_mesh(ml_collections.ConfigDict({'data': -1, 'model': 2}), one)
+  with pytest.raises(errors.InvalidInput, match='device_count=6\\.'):
+    parallel.make_mesh(ml_collections.ConfigDict({'data': 3, 'model': 2}), one)
