@@ -38,6 +38,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from runtime import errors
 from trainer import NonFiniteError, Trainer, TrainState
 
 
@@ -152,7 +153,7 @@ def nonfinite_arrays(state: TrainState) -> list[str]:
           if not ok]
 
 
-class CorruptCheckpointError(ValueError):
+class CorruptCheckpointError(errors.InvalidInput):
   """A checkpoint's arrays differ from what was saved."""
 
 
@@ -170,7 +171,7 @@ def _check_digests(tree: Any, saved: dict[str, int] | None, what: str) -> None:
         f'saved ({", ".join(bad[:3])}{", ..." if len(bad) > 3 else ""}).')
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(errors.InvalidInput):
   """The config differs from the checkpoint's in keys that must match."""
 
 
@@ -201,7 +202,7 @@ def compare_data(saved: dict[str, Any] | None, current: dict[str, Any],
       'knowingly (the epochs, their order and the normalisation change).')
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(errors.UserError, OSError):
   """The first checkpoint could not be written."""
 
 
@@ -443,7 +444,7 @@ def load_params(path: str, trainer: Trainer,
       read_only=True, create=False)) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(
+      raise errors.NotFound(
           f'--config.init_from={path} holds no checkpoint; pass a workdir of a '
           'run that saved one, or its checkpoints/<step> directory.')
     try:
@@ -452,7 +453,7 @@ def load_params(path: str, trainer: Trainer,
               target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
               partial_restore=True)))['state']
     except ValueError as e:
-      raise ValueError(
+      raise errors.InvalidInput(
           f'The parameters of checkpoint {step} in {path} do not fit this '
           f'config\'s model: {e}\n--config.init_from needs the same model '
           'config (layers, widths, classes, towers).') from e

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import TextIO
@@ -21,10 +22,8 @@ import checkpointing
 import input_pipeline
 import parallel
 from data import image_folder, preprocessing
+from runtime import errors
 from trainer import NonFiniteError, Trainer, TrainState
-
-# --mode=predict's exit status when some inputs could not be read as images.
-EXIT_SKIPPED = 3
 
 # The paper's test averages the softmax over ten crops (corners, centre and
 # their mirror images); the centre crop alone is the common cheaper number.
@@ -48,7 +47,7 @@ def evaluate(trainer: Trainer, state: TrainState, config: ml_collections.ConfigD
   metrics = trainer.evaluate(state, batches)
   examples = int(metrics.loss.count)
   if not examples:
-    raise ValueError(
+    raise errors.InvalidInput(
         f'No example of split {config.data.eval_split!r} of '
         f'{dataset.name!r} could be evaluated: '
         'every image failed to decode. Check the files, or evaluate another '
@@ -67,7 +66,7 @@ def evaluate(trainer: Trainer, state: TrainState, config: ml_collections.ConfigD
 def _choose_step(which: str, checkpoints: checkpointing.Checkpoints) -> int:
   steps = checkpoints.steps()
   if not steps:
-    raise FileNotFoundError(
+    raise errors.NotFound(
         f'No checkpoint in {checkpoints.directory}; train first, or pass the '
         "--workdir of a run that saved one.")
   if which == 'latest':
@@ -75,12 +74,12 @@ def _choose_step(which: str, checkpoints: checkpointing.Checkpoints) -> int:
   if which == 'best':
     best = checkpoints.best_step()
     if best is None:
-      raise ValueError(f'No checkpoint in {checkpoints.directory} was saved '
+      raise errors.InvalidInput(f'No checkpoint in {checkpoints.directory} was saved '
                        "after an evaluation; use --config.eval.checkpoint=latest.")
     return best
   if which.isdigit() and int(which) in steps:
     return int(which)
-  raise ValueError(f'--config.eval.checkpoint={which!r} is not latest, best or '
+  raise errors.InvalidInput(f'--config.eval.checkpoint={which!r} is not latest, best or '
                    f'one of the saved steps {steps}.')
 
 
@@ -143,7 +142,7 @@ def outputs(chosen: Chosen, examples: tf.data.Dataset,
   order, a batch at a time, with a progress bar; undecodable examples are
   reported in `skipped` (input_pipeline.Dataset.views)."""
   if jax.process_count() > 1:
-    raise ValueError('Predictions and figures run as one process; start '
+    raise errors.InvalidInput('Predictions and figures run as one process; start '
                      'this mode without --num_processes.')
   config = chosen.config
   batches = chosen.dataset.views(
@@ -180,12 +179,19 @@ def input_paths(config: ml_collections.ConfigDict) -> list[str]:
   """config.predict.inputs' files, and the images under its folders."""
   inputs = config.predict.inputs
   if not inputs:
-    raise ValueError('Set --config.predict.inputs=PATH[,PATH...]: image files '
-                     'or folders of them (searched recursively).')
+    raise errors.InvalidInput('Set --config.predict.inputs=PATH[,PATH...]: image files '
+                              'or folders of them (searched recursively).')
+  # Named before any checkpoint loads: a misspelt path is no unreadable image.
+  missing = [p for p in inputs.split(',') if not os.path.exists(p)]
+  if missing:
+    raise errors.NotFound(
+        f'--config.predict.inputs names {", ".join(map(repr, missing))}, which '
+        f'do{"es" if len(missing) == 1 else ""} not exist (relative paths start '
+        f'from {os.getcwd()}).')
   paths = image_folder.find_images(inputs.split(','))
   if not paths:
-    raise ValueError(f'No image files in --config.predict.inputs={inputs!r} '
-                     '(folders are searched for .jpg, .jpeg, .png, .bmp, .gif).')
+    raise errors.InvalidInput(f'No image files in --config.predict.inputs={inputs!r} '
+                              '(folders are searched for .jpg, .jpeg, .png, .bmp, .gif).')
   return paths
 
 
@@ -203,7 +209,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str,
   (config.predict.format); returns the paths skipped as unreadable. A
   model whose probabilities are not finite stops it (NonFiniteError)."""
   if config.predict.format not in ('text', 'json'):
-    raise ValueError(f'--config.predict.format={config.predict.format!r}: '
+    raise errors.InvalidInput(f'--config.predict.format={config.predict.format!r}: '
                      "use 'text' or 'json'.")
   paths = input_paths(config)
   chosen = restore_chosen(config, workdir, input_pipeline.load(config.data))
@@ -234,12 +240,9 @@ def predict(config: ml_collections.ConfigDict, workdir: str,
   return [paths[i] for i in skipped]
 
 
-def predict_report(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """--mode=predict: `predict` to stdout; exits with EXIT_SKIPPED when some
-  inputs could not be read."""
+def predict_report(config: ml_collections.ConfigDict,
+                   workdir: str) -> errors.Skipped | None:
+  """--mode=predict: `predict` to stdout; errors.Skipped when some inputs
+  could not be read (main.py then exits with errors.EXIT_SKIPPED)."""
   skipped = predict(config, workdir)
-  if skipped:
-    logging.error('%d input(s) could not be read as images and were skipped '
-                  '(listed above); exiting with status %d.', len(skipped),
-                  EXIT_SKIPPED)
-    sys.exit(EXIT_SKIPPED)
+  return errors.Skipped(None, len(skipped)) if skipped else None

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from data import batching, sources, statistics
+from runtime import errors
 
 Batch = batching.Batch
 DatasetNotFoundError = sources.DatasetNotFoundError
@@ -134,7 +135,7 @@ def with_dataset_classes(config: ml_collections.ConfigDict,
   if config.model.num_classes == 0:
     config.model.num_classes = source.num_classes
   elif config.model.num_classes != source.num_classes:
-    raise ValueError(
+    raise errors.InvalidInput(
         f'Dataset {source.name!r} has {source.num_classes} classes '
         f'but the model has {config.model.num_classes}; set '
         f'--config.model.num_classes={source.num_classes} or 0 (the dataset\'s).')

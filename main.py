@@ -19,7 +19,7 @@ import parallel
 import train
 from configs import command_line, validation
 from data import prepare, statistics
-from runtime import xla_flags
+from runtime import errors, xla_flags
 from tools import benchmark, benchmark_input, comm_report, figures, summary
 
 
@@ -82,12 +82,15 @@ flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordin
 flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
 flags.DEFINE_integer('distributed_timeout', 300, 'Seconds a process waits for the '
                      'coordinator and the others to join.', lower_bound=1)
+flags.DEFINE_bool('verbose', False, "Print a user error's traceback too (else "
+                  'it goes to WORKDIR/error.log).')
 flags.mark_flags_as_required(['config'])
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """Parses flags; an override of a key the config lacks gets a plain message."""
   try:
+    command_line.check_config_file(argv)
     return FLAGS(argv)
   except command_line.FLAG_ERRORS as e:
     sys.exit(command_line.error_message(e, argv) + (
@@ -123,16 +126,15 @@ def main(argv):
   try:
     output = mode.run(FLAGS.config, FLAGS.workdir)
   except Exception as e:  # noqa: BLE001
-    # The traceback for a bug report, then what went wrong as the last lines;
-    # then exit at once, so that no library's background thread prints after.
-    logging.exception('--mode=%s failed.', FLAGS.mode)
+    # What went wrong as the last lines (a bug's traceback before them); then
+    # exit at once, so that no library's background thread prints after.
+    message = errors.describe(e, f'--mode={FLAGS.mode}', FLAGS.workdir, FLAGS.verbose)
     checkpointing.finish_saves()
     logging.flush()
-    print(f'Error: {e}', file=sys.stderr, flush=True)
+    print(message, file=sys.stderr, flush=True)
     sys.stdout.flush()
-    os._exit(1)
-  if isinstance(output, str):
-    print(output)
+    os._exit(errors.EXIT_ERROR)
+  return errors.finish(output)
 
 
 if __name__ == '__main__':

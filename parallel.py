@@ -24,13 +24,14 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from models.layers import LOGICAL_AXES
+from runtime import errors
 
 MESH_AXES = ('data', 'model')
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
 
-class DistributedError(RuntimeError):
+class DistributedError(errors.UserError, RuntimeError):
   """The processes of a multi-process run cannot form one job."""
 
 
@@ -98,6 +99,15 @@ def initialize_distributed(coordinator_address: str | None = None,
                jax.local_device_count(), jax.device_count())
 
 
+def _simulation_hint(devices: Sequence[jax.Device], needed: int) -> str:
+  """How to simulate `needed` (or 8, if it divides 8) devices on a CPU host."""
+  if devices[0].platform != 'cpu':
+    return ''
+  count = 8 if 8 % needed == 0 else needed
+  return (f' On a CPU, simulate {count} devices: start the command with '
+          f'XLA_FLAGS=--xla_force_host_platform_device_count={count}.')
+
+
 def make_mesh(mesh_config: ml_collections.ConfigDict,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """Builds the ('data', 'model') mesh; -1 for one axis means 'the rest'."""
@@ -105,17 +115,18 @@ def make_mesh(mesh_config: ml_collections.ConfigDict,
   n = len(devices)
   data, model = int(mesh_config.data), int(mesh_config.model)
   if model < 1 or data == 0 or data < -1:
-    raise ValueError(f'Invalid mesh data={data}, model={model}: model must be '
+    raise errors.InvalidInput(f'Invalid mesh data={data}, model={model}: model must be '
                      '>= 1 and data >= 1 or -1 (all remaining devices).')
   if data == -1:
     if n % model:
-      raise ValueError(f'Mesh axis model={model} does not divide the {n} '
-                       f'devices; choose a model size that divides {n}.')
+      raise errors.InvalidInput(f'Mesh axis model={model} does not divide the {n} '
+                       f'devices; choose a model size that divides {n}.'
+                       + _simulation_hint(devices, model))
     data = n // model
   if data * model != n:
-    raise ValueError(f'Mesh data={data} x model={model} = {data * model} does '
+    raise errors.InvalidInput(f'Mesh data={data} x model={model} = {data * model} does '
                      f'not match the {n} devices; use data=-1 or sizes whose '
-                     f'product is {n}.')
+                     f'product is {n}.' + _simulation_hint(devices, data * model))
   return jax.make_mesh((data, model), MESH_AXES,
                        axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 
@@ -124,12 +135,12 @@ def check_rules(rules: Rules) -> None:
   """Fails on a rule whose logical or mesh axis does not exist."""
   for logical, mesh_axes in rules:
     if logical not in LOGICAL_AXES:
-      raise ValueError(
+      raise errors.InvalidInput(
           f'Axis rule ({logical!r}, {mesh_axes!r}) names logical axis {logical!r}, '
           f'which the model does not use; known: {", ".join(sorted(LOGICAL_AXES))}.')
     for axis in _as_tuple(mesh_axes):
       if axis not in MESH_AXES:
-        raise ValueError(f'Axis rule ({logical!r}, {mesh_axes!r}) names mesh axis '
+        raise errors.InvalidInput(f'Axis rule ({logical!r}, {mesh_axes!r}) names mesh axis '
                          f'{axis!r}; the mesh axes are {MESH_AXES}.')
 
 
@@ -155,7 +166,7 @@ def check_batch(batch_size: int, mesh: Mesh, rules: Rules,
   shards = batch_shards(mesh, rules)
   multiple = int(np.lcm(shards, jax.process_count()))
   if batch_size % multiple:
-    raise ValueError(
+    raise errors.InvalidInput(
         f'{what}={batch_size} is not divisible by the {shards} devices of the '
         f"mesh's {'x'.join(axes) or 'batch'} axes (and {jax.process_count()} "
         f'processes); set --config.{what} to a multiple of {multiple}.')
@@ -192,7 +203,7 @@ def check_divisible(abstract_tree: Any, shardings: Any) -> None:
     for dim, axes in zip(leaf.shape, sharding.spec):
       size = int(np.prod([sharding.mesh.shape[a] for a in _as_tuple(axes)]))
       if dim % size:
-        raise ValueError(
+        raise errors.InvalidInput(
             f'{jax.tree_util.keystr(path)} has a dimension of {dim}, which does '
             f'not split over mesh axes {axes} of size {size}; choose a mesh '
             'whose model axis divides it (e.g. --config.mesh.model=2).')

@@ -33,6 +33,8 @@ from absl import logging
 from clu.metric_writers import interface
 from jax.experimental import multihost_utils
 
+from runtime import errors
+
 METRICS = 'metrics.jsonl'
 RESULTS = 'results.json'
 # In results.json at a run's final step only (train.py): a finished run.
@@ -121,7 +123,7 @@ def _truncate_after(path: str, step: int) -> None:
     f.writelines(kept)
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(errors.UserError, RuntimeError):
   """Another run trains in the workdir."""
 
 

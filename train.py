@@ -19,7 +19,7 @@ import parallel
 import run_files
 from configs import validation
 from models import kernels
-from runtime import profiling
+from runtime import errors, profiling
 from trainer import Trainer, TrainMetrics
 
 
@@ -48,7 +48,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   local_batch = parallel.process_batch_size(config.batch_size)
   steps_per_epoch = dataset.steps_per_epoch(local_batch)
   if steps_per_epoch < 1:
-    raise ValueError(
+    raise errors.InvalidInput(
         f'The training split of {dataset.name!r} has {dataset.num_train_examples} '
         f'examples, fewer than one batch of {config.batch_size} '
         f'({local_batch} on each of {jax.process_count()} processes); lower '
@@ -71,7 +71,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       checkpoints.directory, state,
       copies=config.checkpoint.keep + config.checkpoint.keep_best)
   if first_step > num_steps:
-    raise ValueError(
+    raise errors.InvalidInput(
         f'The checkpoint in {checkpoints.directory} is at step {first_step}, past '
         f'this run\'s {num_steps} steps; raise --config.num_epochs or '
         '--config.num_train_steps, or start a new --workdir.')

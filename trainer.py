@@ -22,6 +22,7 @@ import lr_schedule
 import parallel
 from models import AlexNet
 from models.alexnet import RELU_LAYERS, relu_output
+from runtime import errors
 
 
 @flax.struct.dataclass
@@ -35,7 +36,7 @@ class TrainState:
   rng: jax.Array                    # dropout key; folded with the step
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(errors.UserError, FloatingPointError):
   """A state holds NaN or infinite values, or its outputs do: it diverged."""
 
 

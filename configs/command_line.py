@@ -39,15 +39,29 @@ def error_message(error: Exception, argv: Sequence[str]) -> str:
   return f'Error: {lines[0]}' + (f' {lines[-1]}' if len(lines) > 1 else '')
 
 
+def check_config_file(argv: Sequence[str]) -> None:
+  """Raises flags.IllegalFlagValueError naming where --config's file was
+  looked for if it is not there (config_flags would report it at first use,
+  in a traceback)."""
+  spec = next((b if a == '--config' else a.split('=', 1)[1]
+               for a, b in zip(argv, [*argv[1:], '']) if a == '--config' or
+               a.startswith('--config=')), None)
+  if spec is None or os.path.isfile(spec.split(':', 1)[0]):
+    return
+  path = spec.split(':', 1)[0]
+  raise flags.IllegalFlagValueError(
+      f'--config={spec}: no config file at {os.path.abspath(path)} (a relative '
+      f'path starts from the current directory, {os.getcwd()}).')
+
+
 def load(args: Sequence[str]) -> ml_collections.ConfigDict:
   """The config that main.py's `args` (--config=... and --config.KEY=...)
   build; raises one of FLAG_ERRORS."""
   spec = next((a.split('=', 1)[1] for a in args if a.startswith('--config=')), None)
   if spec is None:
     raise flags.Error(f'no --config=FILE among {" ".join(args)}.')
-  if not os.path.isfile(spec.split(':', 1)[0]):
-    raise flags.IllegalFlagValueError(f'flag --config={spec}: no such file.')
   argv = ['main.py', *args]
+  check_config_file(argv)
   values = flags.FlagValues()
   config_flags.DEFINE_config_file('config', None, 'Training configuration.',
                                   flag_values=values, lock_config=True,

@@ -9,6 +9,8 @@ from typing import Any
 
 import ml_collections
 
+from runtime import errors
+
 Check = tuple[Callable[[Any], bool], str]  # (is the value valid, valid range)
 
 
@@ -186,4 +188,4 @@ def check(config: ml_collections.ConfigDict) -> None:
           'the network, whose convolutions and pooling leave nothing of it; '
           f'the smallest that works is {_smallest_input(config)}.')
   if problems:
-    raise ValueError('Invalid config:\n  ' + '\n  '.join(problems))
+    raise errors.InvalidInput('Invalid config:\n  ' + '\n  '.join(problems))

@@ -35,13 +35,14 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from data import preprocessing, sources, statistics
+from runtime import errors
 
 Batch = dict[str, np.ndarray]
 
 
 def _check_sizes(data: ml_collections.ConfigDict) -> None:
   if data.image_size > data.resize_size:
-    raise ValueError(
+    raise errors.InvalidInput(
         f'data.image_size={data.image_size} must not exceed '
         f'data.resize_size={data.resize_size}: crops are taken from the '
         'resized image.')
@@ -144,7 +145,7 @@ class TrainIterator(Iterator[Batch]):
     self.batches_per_epoch = batches_per_epoch(self._source, data.train_split,
                                                batch_size)
     if self.batches_per_epoch < 1:
-      raise ValueError(
+      raise errors.InvalidInput(
           f'Each process has fewer than batch_size={batch_size} training '
           'examples; lower the batch size.')
     self.skipped = 0
@@ -188,11 +189,11 @@ class TrainIterator(Iterator[Batch]):
         upcoming = starter.submit(epoch + 1, 0)
       epoch, step_in_epoch = epoch + 1, 0
 
-  def _no_batch_error(self, epoch: int, first: int) -> ValueError:
+  def _no_batch_error(self, epoch: int, first: int) -> errors.InvalidInput:
     data = self._data
     tried = (self._source.num_examples(data.train_split) //
              jax.process_count() - first)
-    return ValueError(
+    return errors.InvalidInput(
         f'Epoch {epoch} of split {data.train_split!r} of '
         f'{self._source.name!r} gave no batch of {self._batch_size}: '
         f'of the {tried} images this process tried, fewer than '

@@ -26,6 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 from data import listing
+from runtime import errors
 
 _EXTENSIONS = listing.EXTENSIONS
 _VALIDATION_NAMES = ('validation', 'val')
@@ -70,7 +71,7 @@ class ImageFolder:
 
   def _split(self, split: str) -> Split:
     if split not in self.splits:
-      raise ValueError(f'The image folder has splits {sorted(self.splits)}, '
+      raise errors.InvalidInput(f'The image folder has splits {sorted(self.splits)}, '
                        f'not {split!r}; set --config.data.train_split / '
                        'eval_split accordingly.')
     return self.splits[split]
@@ -164,7 +165,7 @@ def validation_dir(root: str) -> str | None:
 
 def check_folder(root: str) -> None:
   if not os.path.isdir(root):
-    raise FileNotFoundError(f'Image folder {root!r} does not exist; set '
+    raise errors.NotFound(f'Image folder {root!r} does not exist; set '
                             '--config.data.image_folder to a directory.')
 
 
@@ -180,17 +181,17 @@ def scan(root: str, *, val_fraction: float = 0.0,
     by_split = {'train': images_by_class(root, 'train'),
                 'validation': images_by_class(root, val_dir)}
   elif has_train or val_dir:
-    raise ValueError(f'{root!r} has one of train/ and validation/ but not the '
+    raise errors.InvalidInput(f'{root!r} has one of train/ and validation/ but not the '
                      'other; add the missing one, or put the class folders '
                      'directly under the root and set data.val_fraction.')
   else:
     if not folders(root):
-      raise ValueError(
+      raise errors.InvalidInput(
           f'Image folder {root!r} holds no folders: put the images in one '
           'folder per class, under train/ and validation/ or directly under '
           'it (then with --config.data.val_fraction).')
     if not 0 < val_fraction < 1:
-      raise ValueError(
+      raise errors.InvalidInput(
           f'{root!r} has class folders but no train/ and validation/ '
           f'sub-folders; set --config.data.val_fraction in (0, 1) to hold out '
           f'part of each class (it is {val_fraction}).')
@@ -202,12 +203,12 @@ def scan(root: str, *, val_fraction: float = 0.0,
 
   class_names = tuple(sorted(set().union(*by_split.values())))
   if not class_names:
-    raise ValueError(f'No class sub-folders with images in {root!r}.')
+    raise errors.InvalidInput(f'No class sub-folders with images in {root!r}.')
   # A class without examples would give fc8 an output it can never learn.
   empty = [name for name in class_names
            if not any(classes.get(name) for classes in by_split.values())]
   if empty and not empty_classes:
-    raise ValueError(
+    raise errors.InvalidInput(
         f'The class folders {", ".join(map(repr, empty))} of {root!r} hold no '
         f'images (extensions {", ".join(_EXTENSIONS)}) in any split; add '
         'images or remove the folders, since every folder is a class.')
@@ -217,7 +218,7 @@ def scan(root: str, *, val_fraction: float = 0.0,
     files = [(path, size, index[c]) for c, found in classes.items()
              for path, size in found]
     if not files:
-      raise ValueError(f'The {split} split of {root!r} holds no images '
+      raise errors.InvalidInput(f'The {split} split of {root!r} holds no images '
                        f'(extensions {", ".join(_EXTENSIONS)}).')
     splits[split] = make_split(files)
   return ImageFolder(root=root, class_names=class_names, splits=splits)

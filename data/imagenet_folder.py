@@ -34,6 +34,7 @@ from absl import logging
 from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
 
 from data import image_folder, listing
+from runtime import errors
 
 KAGGLE_LABELS = 'LOC_val_solution.csv'
 DEVKIT_LABELS = 'ILSVRC2012_validation_ground_truth.txt'
@@ -52,7 +53,7 @@ def synsets() -> tuple[str, ...]:
 def _check_synsets(root: str, split_dir: str, classes: list[str]) -> None:
   unknown = sorted(set(classes) - set(synsets()))
   if unknown:
-    raise ValueError(
+    raise errors.InvalidInput(
         f'{os.path.join(root, split_dir)!r} has folders that are not ImageNet '
         f'synsets: {", ".join(unknown[:5])}{", ..." if len(unknown) > 5 else ""}. '
         'data.imagenet_folder reads ILSVRC-2012 as extracted; for another '
@@ -73,12 +74,12 @@ def _kaggle_labels(path: str) -> dict[str, str]:
   with open(path, newline='') as f:
     reader = csv.DictReader(f)
     if reader.fieldnames is None or not {'ImageId', 'PredictionString'} <= set(reader.fieldnames):
-      raise ValueError(f'{path} has no ImageId and PredictionString columns, so it '
+      raise errors.InvalidInput(f'{path} has no ImageId and PredictionString columns, so it '
                        "is not Kaggle's ImageNet validation solution file.")
     for line, row in enumerate(reader, start=2):
       words = (row['PredictionString'] or '').split()
       if not words:
-        raise ValueError(f'{path}, line {line}: no synset for {row["ImageId"]!r}.')
+        raise errors.InvalidInput(f'{path}, line {line}: no synset for {row["ImageId"]!r}.')
       labels[row['ImageId']] = words[0]
   return labels
 
@@ -91,7 +92,7 @@ def _devkit_labels(path: str, names: tuple[str, ...]) -> dict[str, str]:
     meta = scipy.io.loadmat(meta_path, squeeze_me=True)['synsets']
     wnid = {int(i): str(w) for i, w in zip(meta['ILSVRC2012_ID'], meta['WNID'])}
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise ValueError(
+    raise errors.InvalidInput(
         f'{meta_path} cannot be read ({e}); the devkit\'s ground truth '
         f'{path} needs the devkit\'s meta.mat beside it to map its ids to '
         'synsets.') from e
@@ -101,13 +102,13 @@ def _devkit_labels(path: str, names: tuple[str, ...]) -> dict[str, str]:
   for name in names:
     match = _VAL_NAME.match(name)
     if match is None:
-      raise ValueError(f'{name} is not named ILSVRC2012_val_<8 digits>.JPEG, so '
+      raise errors.InvalidInput(f'{name} is not named ILSVRC2012_val_<8 digits>.JPEG, so '
                        f'{path} (labels by file number) cannot label it.')
     number = int(match.group(1))
     if number > len(ids):
       continue  # reported as unlabelled
     if not ids[number - 1].isdigit() or int(ids[number - 1]) not in wnid:
-      raise ValueError(f'{path}, line {number}: {ids[number - 1]!r} is not an '
+      raise errors.InvalidInput(f'{path}, line {number}: {ids[number - 1]!r} is not an '
                        f'ILSVRC2012_ID of {meta_path}.')
     labels[os.path.splitext(name)[0]] = wnid[int(ids[number - 1])]
   return labels
@@ -124,7 +125,7 @@ def _labels_file(root: str) -> str:
                  os.path.join(root, _DEVKIT_DATA, DEVKIT_LABELS)])
   found = next((c for c in candidates if os.path.isfile(c)), None)
   if found is None:
-    raise FileNotFoundError(
+    raise errors.NotFound(
         f'The validation images of {root!r} are not in synset folders and no '
         'labels file was found; looked for ' + ', '.join(candidates) + '. '
         "Put Kaggle's LOC_val_solution.csv or the devkit's "
@@ -141,11 +142,11 @@ def _flat(root: str, val_dir: str) -> list[tuple[str, int, int]]:
   index = {s: i for i, s in enumerate(synsets())}
   unknown = sorted({s for s in labels.values() if s not in index})
   if unknown:
-    raise ValueError(f'{path} names synsets that are not ImageNet\'s 1000: '
+    raise errors.InvalidInput(f'{path} names synsets that are not ImageNet\'s 1000: '
                      f'{", ".join(unknown[:5])}.')
   missing = [n for n in files.names if os.path.splitext(n)[0] not in labels]
   if missing:
-    raise ValueError(
+    raise errors.InvalidInput(
         f'{len(missing)} of the {len(files.names)} validation images in '
         f'{os.path.join(root, val_dir)!r} have no label in {path} (e.g. '
         f'{missing[0]}): the file is incomplete or labels another set.')
@@ -156,12 +157,12 @@ def _flat(root: str, val_dir: str) -> list[tuple[str, int, int]]:
 def scan(root: str) -> image_folder.ImageFolder:
   """Lists ROOT's training and validation images (see the module docstring)."""
   if not os.path.isdir(root):
-    raise FileNotFoundError(f'ImageNet folder {root!r} does not exist; set '
+    raise errors.NotFound(f'ImageNet folder {root!r} does not exist; set '
                             '--config.data.imagenet_folder to the folder that '
                             'holds train/ and val/.')
   val_dir = image_folder.validation_dir(root)
   if not os.path.isdir(os.path.join(root, 'train')) or val_dir is None:
-    raise ValueError(f'ImageNet folder {root!r} needs train/ and val/ (or '
+    raise errors.InvalidInput(f'ImageNet folder {root!r} needs train/ and val/ (or '
                      'validation/); it has '
                      f'{sorted(image_folder.folders(root)) or "no folders"}.')
   train = _by_synset(root, 'train')
@@ -170,7 +171,7 @@ def scan(root: str) -> image_folder.ImageFolder:
                 else _flat(root, val_dir))
   for split, files in (('train', train), ('validation', validation)):
     if not files:
-      raise ValueError(f'The {split} split of ImageNet folder {root!r} holds no '
+      raise errors.InvalidInput(f'The {split} split of ImageNet folder {root!r} holds no '
                        f'images (extensions {", ".join(listing.EXTENSIONS)}).')
   trained = len(np.unique([label for _, _, label in train]))
   if trained < len(synsets()):

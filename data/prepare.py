@@ -21,6 +21,7 @@ import ml_collections
 import tensorflow as tf
 
 from data import image_folder, preprocessing, sources
+from runtime import errors
 
 _QUALITY = 95  # high, so that the copy adds little to the paper's own JPEGs
 
@@ -28,7 +29,7 @@ _QUALITY = 95  # high, so that the copy adds little to the paper's own JPEGs
 def prepare(data: ml_collections.ConfigDict) -> str:
   """Writes data.prepared_dir from the configured source; returns a summary."""
   if not data.prepared_dir:
-    raise ValueError('Set --config.data.prepared_dir=DIR: where --mode=prepare '
+    raise errors.InvalidInput('Set --config.data.prepared_dir=DIR: where --mode=prepare '
                      'writes, and where training then reads.')
   if os.path.exists(data.prepared_dir):
     raise FileExistsError(f'{data.prepared_dir!r} exists; delete it to '

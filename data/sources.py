@@ -26,6 +26,7 @@ from jax.experimental import multihost_utils
 from tensorflow_datasets.datasets.siscore import labels as siscore_labels
 
 from data import demo_shapes, image_folder, imagenet_folder
+from runtime import errors
 
 # Archives that imagenet2012's TFDS builder reads from the manual directory.
 _IMAGENET_ARCHIVES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
@@ -36,7 +37,7 @@ PREPARED_INFO = 'prepared.json'
 PREPARED_SPLITS = ('train', 'validation')
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(errors.NotFound):
   """The dataset is neither prepared nor preparable without a download."""
 
 
@@ -115,7 +116,7 @@ def _manual_files_present(builder: tfds.core.DatasetBuilder,
       return False
     for archive in archives:
       if not tarfile.is_tarfile(archive):
-        raise ValueError(
+        raise errors.InvalidInput(
             f'{archive} is not a tar archive (a download cut short, or another '
             "file under that name); download it again from image-net.org.")
     return True
@@ -262,12 +263,12 @@ def _prepared_info(data: ml_collections.ConfigDict) -> dict:
       info = json.load(f)
     prepared_size = info['resize_size']
   except (OSError, ValueError, KeyError) as e:
-    raise ValueError(
+    raise errors.InvalidInput(
         f'data.prepared_dir={data.prepared_dir!r} has no readable '
         f'{PREPARED_INFO} ({e!r}), so it was not written by this version of '
         '--mode=prepare; delete it and prepare it again.') from e
   if prepared_size != data.resize_size:
-    raise ValueError(
+    raise errors.InvalidInput(
         f'data.prepared_dir={data.prepared_dir!r} holds {prepared_size}x'
         f'{prepared_size} images, but data.resize_size is {data.resize_size}; '
         f'set --config.data.resize_size={prepared_size}, or prepare another '

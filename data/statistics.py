@@ -49,6 +49,7 @@ from jax.experimental import multihost_utils
 
 import run_files
 from data import preprocessing, sources
+from runtime import errors
 
 STATS_KEYS = ('mean_image', 'mean_rgb', 'std_rgb', 'eigval', 'eigvec',
               'num_images')
@@ -141,15 +142,15 @@ def _read(path: str) -> dict[str, np.ndarray]:
     required = STATS_KEYS + RECORD_KEYS[:-1]
     missing = [k for k in required if k not in f.files]
     if missing:
-      raise ValueError(f'it lacks {missing}')
+      raise errors.InvalidInput(f'it lacks {missing}')
     stats = {k: f[k] for k in STATS_KEYS + RECORD_KEYS + ('digest',) if k in f.files}
   shapes = {'mean_image': (int(stats['resize_size']),) * 2 + (3,),
             'eigval': (3,), 'eigvec': (3, 3)}
   for key, shape in shapes.items():
     if stats[key].shape != shape or not np.all(np.isfinite(stats[key])):
-      raise ValueError(f'its {key} is not {shape} finite numbers')
+      raise errors.InvalidInput(f'its {key} is not {shape} finite numbers')
   if 'digest' in stats and stats['digest'].item() != _arrays_digest(stats):
-    raise ValueError('its arrays do not match the digest written with them '
+    raise errors.InvalidInput('its arrays do not match the digest written with them '
                      '(edited or damaged)')
   return stats
 
@@ -157,14 +158,14 @@ def _read(path: str) -> dict[str, np.ndarray]:
 def load_stats(path: str) -> dict[str, np.ndarray]:
   """Reads a file written by `--mode=stats`: STATS_KEYS and RECORD_KEYS."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise errors.NotFound(
         f'Stats file {path!r} does not exist; write it with --mode=stats '
         '(same data config), or unset data.stats_file to use the statistics '
         'cached beside the data.')
   try:
     return _read(path)
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise ValueError(f'Stats file {path!r} is unreadable ({e}); rewrite it '
+    raise errors.InvalidInput(f'Stats file {path!r} is unreadable ({e}); rewrite it '
                      'with --mode=stats.') from e
 
 
@@ -217,7 +218,7 @@ def _user_file(data: ml_collections.ConfigDict,
   borrowing them can be deliberate."""
   stats = load_stats(data.stats_file)
   if data.mean_image and stats['mean_image'].shape[0] != data.resize_size:
-    raise ValueError(
+    raise errors.InvalidInput(
         f'The mean image in {data.stats_file!r} is '
         f'{stats["mean_image"].shape[:2]}, but data.resize_size is '
         f'{data.resize_size}; recompute it with --mode=stats at this '
@@ -318,7 +319,7 @@ def compute(data: ml_collections.ConfigDict,
       sums, np.cumsum([size * size * 3, 3, 9]))
   count = int(count[0])
   if not count:
-    raise ValueError(f'The {data.train_split!r} split of '
+    raise errors.InvalidInput(f'The {data.train_split!r} split of '
                      f'{source.name!r} yielded no images.')
   num_pixels = count * size * size
   mean = pixel_sum / num_pixels

@@ -1,5 +1,6 @@
-"""What a process sets up around training: XLA's flags and the profiler.
+"""What a process sets up around training: XLA's flags, the profiler, how it ends.
 
   xla_flags   the XLA flags every run sets, before JAX starts a backend
   profiling   config.profile_steps: a JAX profiler trace of chosen train steps
+  errors      user errors (message alone, traceback to a file) and exit statuses
 """

@@ -17,6 +17,8 @@ from typing import Any
 import jax
 from absl import logging
 
+from runtime import errors
+
 
 class StepTrace:
   """Traces steps first..first+count-1 of `steps` = (first, count); () none."""
@@ -24,7 +26,7 @@ class StepTrace:
   def __init__(self, workdir: str, steps: Sequence[int], first_step: int):
     steps = tuple(steps)
     if steps and (len(steps) != 2 or min(steps) < 0 or steps[1] < 1):
-      raise ValueError(
+      raise errors.InvalidInput(
           f'profile_steps={steps}: give (first step, number of steps), e.g. '
           '--config.profile_steps=10,5, or () to trace none.')
     self.first, self.count = steps or (0, 0)

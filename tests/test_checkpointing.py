@@ -489,7 +489,8 @@ def test_a_full_disk_is_named_in_the_last_lines(uninterrupted, tmp_path, command
       f'Error: Could not write the first checkpoint (step 3) to {workdir}/checkpoints: '
       'a checkpoint needs about'), lines[error:]
   assert 'MiB are free on the file system of' in lines[error]
-  assert lines[-1].startswith('Free disk space or pass a writable --workdir')
+  assert lines[-2].startswith('Free disk space or pass a writable --workdir')
+  assert lines[-1].startswith(f'(its traceback is in {workdir}/error.log')
   assert not any('Traceback' in line for line in lines[error:])  # nothing after it
 
 

@@ -18,6 +18,7 @@ import checkpointing
 import evaluation
 from configs import alexnet
 from data import demo_shapes, image_folder, sources
+from runtime import errors
 from trainer import NonFiniteError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +63,7 @@ def test_predict_prints_named_top5_and_skips_a_corrupt_file(demo_run, images):
        '--config.eval_batch_size=16'],
       cwd=REPO, capture_output=True, text=True, timeout=600,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-  assert result.returncode == evaluation.EXIT_SKIPPED, result.stderr[-3000:]
+  assert result.returncode == errors.EXIT_SKIPPED, result.stderr[-3000:]
   assert f'Skipped {corrupt}: not readable as an image (Unknown image file format' \
       in result.stderr
   assert '1 input(s) could not be read as images' in result.stderr

@@ -34,6 +34,7 @@ import ml_collections
 from absl import logging
 
 from configs import alexnet
+from runtime import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -236,19 +237,19 @@ def format_report(results: list[Result], header: list[str],
 def report(config: ml_collections.ConfigDict) -> str:
   bench = config.benchmark
   if bench.torch not in ('off', *TORCH_MODES):
-    raise ValueError(f'benchmark.torch={bench.torch!r}: use one of off, '
+    raise errors.InvalidInput(f'benchmark.torch={bench.torch!r}: use one of off, '
                      f'{", ".join(TORCH_MODES)}.')
   torch_version = None
   if bench.torch != 'off':
     try:
       torch_version = importlib.metadata.version('torch')
     except importlib.metadata.PackageNotFoundError:
-      raise ValueError('PyTorch is not installed: pip install -r '
+      raise errors.InvalidInput('PyTorch is not installed: pip install -r '
                        'requirements-torch.txt, or pass --config.benchmark.torch=off '
                        'to measure JAX alone.') from None
   names = [a.strip() for a in bench.architectures.split(',') if a.strip()]
   if unknown := [a for a in names if a not in ARCHITECTURES]:
-    raise ValueError(f'benchmark.architectures names {unknown}; known: '
+    raise errors.InvalidInput(f'benchmark.architectures names {unknown}; known: '
                      f'{", ".join(ARCHITECTURES)}.')
   results, flops, first = [], {}, None
   for arch in names:

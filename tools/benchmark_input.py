@@ -40,6 +40,7 @@ from PIL import Image
 import input_pipeline
 import parallel
 from data import preprocessing
+from runtime import errors
 
 _IMAGES_PER_ROUND = 512
 _ROUNDS = 5
@@ -147,7 +148,7 @@ def _encoded_training_images(dataset: input_pipeline.Dataset,
   ds = source.read(data.train_split, None).take(count)
   images = list(ds.map(lambda ex: source.load(ex['image'])).as_numpy_iterator())
   if len(images) < count:
-    raise ValueError(f'The benchmark needs {count} training images; '
+    raise errors.InvalidInput(f'The benchmark needs {count} training images; '
                      f'{data.train_split!r} has {len(images)}.')
   return images
 

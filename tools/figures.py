@@ -29,6 +29,7 @@ import input_pipeline
 import parallel
 import run_files
 from models import kernels as kernels_lib
+from runtime import errors
 
 FIGURES = 'figures'
 FEATURES = 'features'
@@ -113,7 +114,7 @@ def training_features(chosen: evaluation.Chosen,
     features[batch.index] = batch.values['fc7']
     labels[batch.index] = batch.values['label']
   if features is None:
-    raise ValueError(f'No training image of {source.name!r} '
+    raise errors.InvalidInput(f'No training image of {source.name!r} '
                      'could be decoded.')
   features.flush()
   del features
@@ -172,9 +173,11 @@ def _training_crops(chosen: evaluation.Chosen,
   return crops
 
 
-def neighbours(config: ml_collections.ConfigDict, workdir: str) -> str:
+def neighbours(config: ml_collections.ConfigDict, workdir: str) -> str | errors.Skipped:
   """--mode=neighbours: writes the grid of config.predict.inputs' nearest
-  training images; returns them as text."""
+  training images; returns them as text, or errors.Skipped with the text
+  when some inputs could not be read (main.py exits with EXIT_SKIPPED, as
+  --mode=predict does)."""
   paths = evaluation.input_paths(config)
   chosen = evaluation.restore_chosen(config, workdir, input_pipeline.load(config.data))
   names = chosen.dataset.class_names
@@ -186,8 +189,8 @@ def neighbours(config: ml_collections.ConfigDict, workdir: str) -> str:
       queries += list(batch.index)
       crops.append(batch.values['image'])
       fc7.append(batch.values['fc7'])
-  if not queries:
-    raise ValueError('None of --config.predict.inputs could be read as an image.')
+  if not queries:  # as --mode=predict ends when it can read none
+    return errors.Skipped(None, len(skipped))
   features, labels, stride = training_features(chosen, workdir)
   rows, distances = nearest(np.concatenate(fc7), features, labels >= 0,
                             config.predict.neighbours)
@@ -209,7 +212,5 @@ def neighbours(config: ml_collections.ConfigDict, workdir: str) -> str:
     lines += [f'  {r + 1}. training image {int(i)} ({names[labels[j]]}), '
               f'distance {d:.4g}' for r, (i, j, d) in
               enumerate(zip(row, rank_rows, dist))]
-  if skipped:
-    lines.append(f'Skipped {len(skipped)} input(s) that could not be read as '
-                 'images (logged above).')
-  return '\n'.join(lines)
+  text = '\n'.join(lines)
+  return errors.Skipped(text, len(skipped)) if skipped else text
