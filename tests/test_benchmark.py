@@ -71,7 +71,7 @@ def test_unknown_architecture_and_torch_mode_are_named(small_config):
   with pytest.raises(ValueError, match=r"\['alexnet2'\]; known: paper, towers=1"):
     benchmark.report(config)
   config.benchmark.torch = 'fastest'
-  with pytest.raises(ValueError, match="benchmark.torch='fastest': use one of off, best, eager"):
+  with pytest.raises(ValueError, match="benchmark.torch='fastest': use one of off, best, eager, compile"):
     benchmark.report(config)
 
 
