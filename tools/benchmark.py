@@ -34,6 +34,7 @@ import ml_collections
 from absl import logging
 
 from configs import alexnet
+from runtime import processor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -277,6 +278,7 @@ def report(config: ml_collections.ConfigDict) -> str:
       + (f', PyTorch {torch_version}' if torch_version else '') +
       f'; {bench.rounds} alternating rounds of {bench.steps} steps after one warm-up step.',
       'Peak: ' + (f'{peak / 1e9:,.1f} GFLOP/s ({source}).' if peak else source + '.'),
+      f'Host: {processor.this().describe()}; XLA_FLAGS: {first["xla_flags"] or "none"}.',
       'Peak memory: ' + '; '.join(sorted({f'{r.framework}: {r.memory_source}'
                                           for r in results})) + '.']
   return format_report(results, header, peak, flops)

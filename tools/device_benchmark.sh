@@ -103,8 +103,8 @@ for run in "${runs[@]}"; do
     --config=configs/alexnet.py:dtype="$dtype" --mode=benchmark \
     --config.batch_size="$batch" --config.benchmark.architectures="$archs" \
     "${bench[@]}" &&
-    grep -E '^(Train step|Peak: |(paper|towers=1): )' "$out/log.txt" |
-      tail -n "$((2 + $(tr , '\n' <<< "$archs" | wc -l)))" >> "$out/summary.txt"
+    grep -E '^(Train step|Peak: |Host: |(paper|towers=1): )' "$out/log.txt" |
+      tail -n "$((3 + $(tr , '\n' <<< "$archs" | wc -l)))" >> "$out/summary.txt"
 done
 
 if ! "$python" -c 'import tensorflow, tensorflow_datasets' 2>/dev/null; then
