@@ -488,7 +488,9 @@ class Preemption:
 
   def __exit__(self, *exc) -> None:
     if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+      # Stopping for a SIGTERM, the run has saved: a repeated one (srun and the
+      # scheduler both pass it on) must not kill it on its way out.
+      signal.signal(signal.SIGTERM, signal.SIG_IGN if self._sigterm else self._previous)
 
   def _on_sigterm(self, signum, frame) -> None:
     del signum, frame

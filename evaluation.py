@@ -41,9 +41,9 @@ def evaluate(trainer: Trainer, state: TrainState, config: ml_collections.ConfigD
   NaN or infinite logit (NonFiniteError): a diverged state has no error
   rate worth reporting.
   """
-  batches = dataset.eval_iterator(
-      batch_size=parallel.process_batch_size(config.eval_batch_size),
-      ten_crop=ten_crop)
+  shard = parallel.input_shard(trainer.mesh, config.axis_rules)
+  batches = dataset.eval_iterator(batch_size=shard.local(config.eval_batch_size),
+                                  shard=shard, ten_crop=ten_crop)
   metrics = trainer.evaluate(state, batches)
   examples = int(metrics.loss.count)
   if not examples:

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+import parallel
 from data import batching, sources, statistics
 from runtime import errors
 
@@ -73,26 +74,32 @@ class Dataset:
     subtract (trainer.Trainer), or None with a per-channel mean."""
     return self.normalization.mean_image
 
-  def steps_per_epoch(self, batch_size: int) -> int:
-    """Training steps in an epoch at `batch_size` per process, as
-    train_iterator draws them: the smallest shard's whole batches."""
+  def steps_per_epoch(self, batch_size: int,
+                      shard: parallel.Shard | None = None) -> int:
+    """Training steps in an epoch at `batch_size` per shard, as
+    train_iterator draws them: the smallest shard's whole batches. `shard`:
+    the part a process reads (parallel.input_shard; default: its own)."""
     return batching.batches_per_epoch(self.source, self.data.train_split,
-                                      batch_size)
+                                      batch_size, shard or parallel.process_shard())
 
-  def train_iterator(self, *, batch_size: int, seed: int, start_step: int = 0,
+  def train_iterator(self, *, batch_size: int, seed: int,
+                     shard: parallel.Shard | None = None, start_step: int = 0,
                      lookahead: int = 16) -> batching.TrainIterator:
-    """Endless training batches of this process's shard from step
-    `start_step` on, `batch_size` per process (data/batching.py)."""
+    """Endless training batches of part `shard` from step `start_step` on,
+    `batch_size` per shard (data/batching.py)."""
     return batching.TrainIterator(
         self.data, self.source, self.normalization, batch_size=batch_size,
-        seed=seed, start_step=start_step, lookahead=lookahead)
+        seed=seed, shard=shard or parallel.process_shard(), start_step=start_step,
+        lookahead=lookahead)
 
-  def eval_iterator(self, *, batch_size: int,
+  def eval_iterator(self, *, batch_size: int, shard: parallel.Shard | None = None,
                     ten_crop: bool = False) -> Iterator[Batch]:
-    """One exact pass over this process's shard of the evaluation split,
-    padded with mask-0 examples; `batch_size` per process."""
+    """One exact pass over part `shard` of the evaluation split, padded
+    with mask-0 examples; `batch_size` per shard."""
     return batching.eval_batches(self.data, self.source, self.normalization,
-                                 batch_size=batch_size, ten_crop=ten_crop)
+                                 batch_size=batch_size,
+                                 shard=shard or parallel.process_shard(),
+                                 ten_crop=ten_crop)
 
   def views(self, examples: tf.data.Dataset, load: Callable[[tf.Tensor], tf.Tensor],
             *, batch_size: int, ten_crop: bool = False,

@@ -8,6 +8,7 @@ rule table, not a code path: the strategies are in configs/parallelism.py.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import socket
@@ -163,26 +164,13 @@ def batch_shards(mesh: Mesh, rules: Rules) -> int:
 def check_batch(batch_size: int, mesh: Mesh, rules: Rules,
                 what: str = 'batch_size') -> None:
   axes = batch_axes(rules)
-  shards = batch_shards(mesh, rules)
-  multiple = int(np.lcm(shards, jax.process_count()))
-  if batch_size % multiple:
+  shards = batch_shards(mesh, rules)  # a multiple of the processes' parts
+  if batch_size % shards:
     raise errors.InvalidInput(
         f'{what}={batch_size} is not divisible by the {shards} devices of the '
-        f"mesh's {'x'.join(axes) or 'batch'} axes (and {jax.process_count()} "
-        f'processes); set --config.{what} to a multiple of {multiple}.')
-  # Each process reads examples of its own, so its devices must hold a part
-  # of the batch that no other process's devices hold.
-  rows = {index[0].indices(batch_size) for index in
-          batch_sharding(mesh, rules).addressable_devices_indices_map((batch_size,)).values()}
-  held = len(set().union(*(range(*r) for r in rows)))
-  if held * jax.process_count() != batch_size:
-    raise ValueError(
-        f"The mesh data={mesh.shape['data']} x model={mesh.shape['model']} puts the "
-        f'same part of the batch on devices of several of the {jax.process_count()} '
-        'processes (its model axis spans processes), but each process reads examples '
-        'of its own. Give every process whole model groups (one process per host '
-        'seeing all its devices), or split the batch over every device: the '
-        'variant parallel=data (--config=FILE:parallel=data).')
+        f"mesh's {'x'.join(axes) or 'batch'} axes; set --config.{what} to a "
+        f'multiple of {shards}.')
+  input_shard(mesh, rules)  # fails on a layout the input pipeline cannot feed
 
 
 def host_array(x: jax.Array) -> np.ndarray:
@@ -194,6 +182,39 @@ def host_array(x: jax.Array) -> np.ndarray:
 def process_batch_size(batch_size: int) -> int:
   """This process's part of a global batch (check_batch makes it whole)."""
   return batch_size // jax.process_count()
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """Part `index` of `count` of a split, and of every global batch: what a
+  process reads."""
+  index: int
+  count: int
+
+  def local(self, batch_size: int) -> int:
+    """The rows of a global batch of `batch_size` that this part holds."""
+    return batch_size // self.count
+
+
+def process_shard() -> Shard:
+  """A part per process: where every process's devices hold rows of their own."""
+  return Shard(jax.process_index(), jax.process_count())
+
+
+def input_shard(mesh: Mesh, rules: Rules) -> Shard:
+  """The part of the data this process's devices hold on `mesh`. Processes
+  whose devices hold the same rows (a model axis across processes, as with
+  the towers and a process per GPU) read the same part, with the same seeds."""
+  rows = batch_shards(mesh, rules)
+  held = sorted({index[0].indices(rows)[:2] for index in batch_sharding(
+      mesh, rules).addressable_devices_indices_map((rows,)).values()})
+  start, stop = held[0][0], held[-1][1]
+  if sum(b - a for a, b in held) != stop - start:
+    raise errors.InvalidInput(
+        f"This process's devices hold rows {held} of every {rows} on the mesh "
+        f"data={mesh.shape['data']} x model={mesh.shape['model']}, which are not one "
+        'block; give each process neighbouring devices (one process per host).')
+  return Shard(start // (stop - start), rows // (stop - start))
 
 
 def check_divisible(abstract_tree: Any, shardings: Any) -> None:

@@ -43,15 +43,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh = parallel.make_mesh(config.mesh)
+  # The part of the data this process's devices hold (one per process unless
+  # the model axis joins devices of several processes).
+  shard = parallel.input_shard(mesh, config.axis_rules)
   dataset = input_pipeline.load(config.data)
   config = input_pipeline.with_dataset_classes(config, dataset)
-  local_batch = parallel.process_batch_size(config.batch_size)
-  steps_per_epoch = dataset.steps_per_epoch(local_batch)
+  local_batch = shard.local(config.batch_size)
+  steps_per_epoch = dataset.steps_per_epoch(local_batch, shard)
   if steps_per_epoch < 1:
     raise errors.InvalidInput(
         f'The training split of {dataset.name!r} has {dataset.num_train_examples} '
         f'examples, fewer than one batch of {config.batch_size} '
-        f'({local_batch} on each of {jax.process_count()} processes); lower '
+        f'({local_batch} in each of {shard.count} parts of the data); lower '
         '--config.batch_size.')
   num_steps = (config.num_train_steps if config.num_train_steps > 0
                else int(config.num_epochs * steps_per_epoch))
@@ -99,7 +102,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       every_steps=max(1, min(config.log_every_steps, steps_per_epoch // 10)))
   # The checkpoint's step is also the number of batches consumed.
   train_iter = dataset.train_iterator(batch_size=local_batch, seed=config.seed,
-                                      start_step=first_step)
+                                      shard=shard, start_step=first_step)
   save_every = config.checkpoint.every_steps
 
   # A resumed run's time adds to the time its checkpoint's results counted.

@@ -1,6 +1,6 @@
 """python -m cluster: the sbatch script of one training run over many nodes.
 
-  python -m cluster --nodes=2 --tasks_per_node=1 --gpus_per_task=8 \\
+  python -m cluster --nodes=2 --tasks_per_node=8 --gpus_per_task=1 \\
       --time=48:00:00 [--sbatch=--partition=gpu] [--submit] \\
       -- --config=configs/alexnet.py --workdir=runs/alexnet
 

@@ -27,13 +27,13 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 
-import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+import parallel
 from data import preprocessing, sources, statistics
 from runtime import errors
 
@@ -48,17 +48,18 @@ def _check_sizes(data: ml_collections.ConfigDict) -> None:
         'resized image.')
 
 
-def batches_per_epoch(source: sources.Source, split: str, batch_size: int) -> int:
-  """Batches each process draws from `split` per epoch, the same on every
-  process: the smallest shard decides, and the epoch's last partial batch is
-  dropped (a different remainder every epoch). `batch_size` is per process."""
-  return source.num_examples(split) // jax.process_count() // batch_size
+def batches_per_epoch(source: sources.Source, split: str, batch_size: int,
+                      shard: parallel.Shard) -> int:
+  """Batches each shard yields from `split` per epoch, the same for every
+  shard: the smallest decides, and the epoch's last partial batch is dropped
+  (a different remainder every epoch). `batch_size` is the shard's part."""
+  return source.num_examples(split) // shard.count // batch_size
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-  """The seed of one process's epoch: shuffle order and augmentation."""
-  return int(np.random.SeedSequence(
-      [seed, jax.process_index(), epoch]).generate_state(1)[0])
+def _epoch_seed(seed: int, shard: parallel.Shard, epoch: int) -> int:
+  """The seed of one shard's epoch: shuffle order and augmentation, the same
+  in every process that reads the shard."""
+  return int(np.random.SeedSequence([seed, shard.index, epoch]).generate_state(1)[0])
 
 
 def augmentation(data: ml_collections.ConfigDict,
@@ -113,7 +114,8 @@ def _wait_for_starting_epochs(timeout: float = 30.0) -> None:
 
 
 class TrainIterator(Iterator[Batch]):
-  """Endless augmented training batches of this process's shard.
+  """Endless augmented training batches of part `shard` of the training
+  split (parallel.input_shard: this process's devices' part).
 
   Yields {'image': uint8 (batch_size, S, S, 3), 'shift': float32
   (batch_size, 1, 1, 3), 'flip': bool (batch_size,), 'label': int32
@@ -134,19 +136,20 @@ class TrainIterator(Iterator[Batch]):
 
   def __init__(self, data: ml_collections.ConfigDict, source: sources.Source,
                norm: statistics.Normalization, *, batch_size: int, seed: int,
-               start_step: int = 0, lookahead: int = 16):
+               shard: parallel.Shard, start_step: int = 0, lookahead: int = 16):
     _check_sizes(data)
     self._data = data
+    self._shard = shard
     self._batch_size = batch_size
     self._lookahead = lookahead
     self._seed = seed
     self._source = source
     self._norm = norm
     self.batches_per_epoch = batches_per_epoch(self._source, data.train_split,
-                                               batch_size)
+                                               batch_size, shard)
     if self.batches_per_epoch < 1:
       raise errors.InvalidInput(
-          f'Each process has fewer than batch_size={batch_size} training '
+          f'Each shard of the data has fewer than batch_size={batch_size} training '
           'examples; lower the batch size.')
     self.skipped = 0
     self._batches = preprocessing.explain_errors(self._stream(start_step))
@@ -192,7 +195,7 @@ class TrainIterator(Iterator[Batch]):
   def _no_batch_error(self, epoch: int, first: int) -> errors.InvalidInput:
     data = self._data
     tried = (self._source.num_examples(data.train_split) //
-             jax.process_count() - first)
+             self._shard.count - first)
     return errors.InvalidInput(
         f'Epoch {epoch} of split {data.train_split!r} of '
         f'{self._source.name!r} gave no batch of {self._batch_size}: '
@@ -212,12 +215,11 @@ class TrainIterator(Iterator[Batch]):
   def _epoch(self, epoch: int, first: int) -> tf.data.Dataset:
     """Epoch `epoch` from its example `first` on, as batches."""
     data, norm, source = self._data, self._norm, self._source
-    epoch_seed = _epoch_seed(self._seed, epoch)
+    epoch_seed = _epoch_seed(self._seed, self._shard, epoch)
     # Skipping happens on encoded records, before any decoding.
-    examples = source.read(data.train_split, epoch_seed).skip(first)
+    examples = source.read(data.train_split, epoch_seed, self._shard).skip(first)
     # Enough draws for the largest shard; zip stops at this shard's end.
-    count = math.ceil(source.num_examples(data.train_split) /
-                      jax.process_count())
+    count = math.ceil(source.num_examples(data.train_split) / self._shard.count)
     draws = {k: v[first:] for k, v in
              augmentation(data, norm, epoch_seed, count).items()}
     ds = tf.data.Dataset.zip(
@@ -256,10 +258,10 @@ class TrainIterator(Iterator[Batch]):
     return ds.prefetch(data.prefetch)
 
 
-def _eval_batches_per_process(num_examples: int, batch_size: int) -> int:
+def _eval_batches_per_shard(num_examples: int, batch_size: int, count: int) -> int:
   # Shards differ in size by at most one example; padding every process to
   # the largest shard keeps them in step for collective evaluation steps.
-  largest = math.ceil(num_examples / jax.process_count())
+  largest = math.ceil(num_examples / count)
   return math.ceil(largest / batch_size)
 
 
@@ -290,8 +292,8 @@ def _eval_view(data: ml_collections.ConfigDict, norm: statistics.Normalization,
 
 def eval_batches(data: ml_collections.ConfigDict, source: sources.Source,
                  norm: statistics.Normalization, *, batch_size: int,
-                 ten_crop: bool = False) -> Iterator[Batch]:
-  """One pass over this process's shard of the evaluation split.
+                 shard: parallel.Shard, ten_crop: bool = False) -> Iterator[Batch]:
+  """One pass over part `shard` of the evaluation split.
 
   Yields {'image': uint8 (batch_size, S, S, 3), or (batch_size, 5, S, S, 3),
   the ten crops' five unreflected patches, with `ten_crop`; 'shift':
@@ -313,15 +315,15 @@ def eval_batches(data: ml_collections.ConfigDict, source: sources.Source,
             'label': tf.cast(example['label'], tf.int32),
             'mask': tf.constant(1.0, tf.float32)}
 
-  ds = source.read(data.eval_split, None)
+  ds = source.read(data.eval_split, None, shard)
   ds = preprocessing.skip_undecodable(
       ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE), data)
   padding = tf.data.Dataset.from_tensors({
       'image': tf.zeros(ds.element_spec['image'].shape, tf.uint8), **constant,
       'label': tf.constant(0, tf.int32),
       'mask': tf.constant(0.0, tf.float32)}).repeat()
-  num_batches = _eval_batches_per_process(
-      source.num_examples(data.eval_split), batch_size)
+  num_batches = _eval_batches_per_shard(
+      source.num_examples(data.eval_split), batch_size, shard.count)
   ds = ds.concatenate(padding).take(num_batches * batch_size)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(data.prefetch)
   return preprocessing.explain_errors(iter(tfds.as_numpy(ds)))

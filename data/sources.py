@@ -25,6 +25,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tensorflow_datasets.datasets.siscore import labels as siscore_labels
 
+import parallel
 from data import demo_shapes, image_folder, imagenet_folder
 from runtime import errors
 
@@ -45,7 +46,8 @@ class DatasetNotFoundError(errors.NotFound):
 class Source:
   """A dataset as this process sees it.
 
-  `read(split, shuffle_seed)` gives this process's shard of `split` as
+  `read(split, shuffle_seed, shard)` gives part `shard` of `split` (default:
+  this process's, parallel.process_shard) as
   {'image', 'label': int} examples, in a fixed order without a seed, or
   shuffled as a function of the seed. `load(example['image'])` is the
   encoded image: for TFDS, 'image' already; for image folders, 'image' is a
@@ -62,7 +64,7 @@ class Source:
   cache_dir: str                       # where statistics of it are cached
   num_examples: Callable[[str], int]   # over all processes
   fingerprint: Callable[[str], str]
-  read: Callable[[str, int | None], tf.data.Dataset]
+  read: Callable[..., tf.data.Dataset]  # (split, shuffle_seed, shard=None)
   load: Callable[[tf.Tensor], tf.Tensor]
   views: bool = False
 
@@ -203,13 +205,16 @@ def _tfds_source(data: ml_collections.ConfigDict) -> Source:
   metadata = _builder(data)  # names and sizes need no prepared copy
   prepared = functools.cache(lambda: get_builder(data))
 
-  def read(split: str, shuffle_seed: int | None) -> tf.data.Dataset:
+  def read(split: str, shuffle_seed: int | None,
+           shard: parallel.Shard | None = None) -> tf.data.Dataset:
+    shard = shard or parallel.process_shard()
     read_config = tfds.ReadConfig(
         shuffle_seed=shuffle_seed,
         # A fixed interleaving order keeps seeded epochs repeatable.
         interleave_cycle_length=16, interleave_block_length=1)
     ds = prepared().as_dataset(
-        split=tfds.split_for_jax_process(split),
+        split=tfds.split_for_jax_process(split, process_index=shard.index,
+                                         process_count=shard.count),
         shuffle_files=shuffle_seed is not None,
         decoders={'image': tfds.decode.SkipDecoding()},
         read_config=read_config)
@@ -236,10 +241,12 @@ def _folder_source(folder: image_folder.ImageFolder, description: str, *,
   """`split_names` maps config split names to the folder's, where they differ."""
   rename = lambda split: (split_names or {}).get(split, split)
 
-  def read(split: str, shuffle_seed: int | None) -> tf.data.Dataset:
+  def read(split: str, shuffle_seed: int | None,
+           shard: parallel.Shard | None = None) -> tf.data.Dataset:
+    shard = shard or parallel.process_shard()
     return deterministic(folder.read(
-        rename(split), process_index=jax.process_index(),
-        process_count=jax.process_count(), shuffle_seed=shuffle_seed))
+        rename(split), process_index=shard.index, process_count=shard.count,
+        shuffle_seed=shuffle_seed))
 
   return Source(
       name=folder.root, description=description,

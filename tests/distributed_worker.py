@@ -39,8 +39,10 @@ def main() -> None:
   config.mesh.data = -1
   trainer = Trainer(config, parallel.make_mesh(config.mesh))
   state = trainer.init(config.seed)
-  local = parallel.process_batch_size(config.batch_size)
-  rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+  # The rows of each global batch this process's devices hold.
+  shard = parallel.input_shard(trainer.mesh, config.axis_rules)
+  local = shard.local(config.batch_size)
+  rows = slice(shard.index * local, (shard.index + 1) * local)
   losses = []
   for step in range(STEPS):
     batch = synthetic_batch(config, config.batch_size, step)
