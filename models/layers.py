@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from models import pooling
+
 Initializer = Callable[..., jax.Array]
 
 # Logical axis names of the tower-major activations.
@@ -145,10 +147,11 @@ class LocalResponseNorm(nn.Module):
 
 
 class MaxPool(nn.Module):
-  """Max pooling over height and width of tower-major activations."""
+  """Max pooling over height and width of tower-major activations, with
+  models/pooling.py's gradient (XLA's select-and-scatter was far slower)."""
   window: int = 3
   stride: int = 2
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return nn.max_pool(x, (self.window, self.window), (self.stride, self.stride))
+    return pooling.max_pool(x, self.window, self.stride)

@@ -1,6 +1,7 @@
 """Tools around training: what inspects or measures it.
 
   summary          --mode=summary: every layer's shape, parameters and FLOPs
+  layer_times      each layer's forward and backward time beside PyTorch's
   benchmark        --mode=benchmark: train-step img/s against a reference
   comm_report      --mode=comm_report: the collectives of the compiled step
   benchmark_input  --mode=benchmark_input: input img/s against baselines
