@@ -39,7 +39,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from runtime import errors
-from trainer import TrainState, Trainer
+from trainer import NonFiniteError, Trainer, TrainState
 
 
 T = TypeVar('T')
@@ -134,6 +134,23 @@ def digests(tree: Any) -> dict[str, int]:
   values = jax.device_get(_leaf_digests([leaf for _, leaf in leaves]))
   return {jax.tree_util.keystr(path): int(v)
           for (path, _), v in zip(leaves, values)}
+
+
+@jax.jit
+def _finite(leaves: list[jax.Array]) -> list[jax.Array]:
+  return [jnp.all(jnp.isfinite(x)) for x in leaves]
+
+
+def nonfinite_arrays(state: TrainState) -> list[str]:
+  """The paths of the parameters, BatchNorm statistics and optimizer state
+  that hold a NaN or an infinity (the plateau logic starts at infinity)."""
+  tree = {'params': state.params, 'batch_stats': state.batch_stats,
+          'opt_state': state.opt_state}
+  leaves = [(path, x) for path, x in jax.tree_util.tree_leaves_with_path(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  finite = jax.device_get(_finite([x for _, x in leaves]))
+  return [jax.tree_util.keystr(path) for (path, _), ok in zip(leaves, finite)
+          if not ok]
 
 
 class CorruptCheckpointError(errors.InvalidInput):
@@ -277,9 +294,18 @@ class Checkpoints:
     """Saves `state` at its step; in the background if configured so.
 
     `evaluated`: `results` are from an evaluation at this step, so this
-    checkpoint competes for best.
+    checkpoint competes for best. A state with a NaN or an infinity is not
+    saved (NonFiniteError).
     """
     step = int(state.step)
+    if bad := nonfinite_arrays(state):
+      raise NonFiniteError(
+          f'The state at step {step} holds NaN or infinite values ('
+          f'{", ".join(bad[:3])}{", ..." if len(bad) > 3 else ""}): training '
+          'diverged, and a diverged state is not saved as a checkpoint; those '
+          f'before it in {self.directory} are kept. Train in a new --workdir '
+          'with a lower --config.optimizer.learning_rate (--config.init_from='
+          '<this workdir> starts from the last checkpoint\'s parameters).')
     meta = dict(results=results, digests=digests(state), dataset=self._dataset)
     try:
       self._manager.save(

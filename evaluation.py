@@ -23,7 +23,7 @@ import input_pipeline
 import parallel
 from data import image_folder, preprocessing
 from runtime import errors
-from trainer import Trainer, TrainState
+from trainer import NonFiniteError, Trainer, TrainState
 
 # The paper's test averages the softmax over ten crops (corners, centre and
 # their mirror images); the centre crop alone is the common cheaper number.
@@ -37,7 +37,9 @@ def evaluate(trainer: Trainer, state: TrainState, config: ml_collections.ConfigD
   config.data.eval_split, and the number of examples they count (`examples`).
 
   An evaluation that counts no example (every image undecodable) is an
-  error, not a NaN reported as a result.
+  error, not a NaN reported as a result; so is one where an example gets a
+  NaN or infinite logit (NonFiniteError): a diverged state has no error
+  rate worth reporting.
   """
   batches = dataset.eval_iterator(
       batch_size=parallel.process_batch_size(config.eval_batch_size),
@@ -50,8 +52,15 @@ def evaluate(trainer: Trainer, state: TrainState, config: ml_collections.ConfigD
         f'{dataset.name!r} could be evaluated: '
         'every image failed to decode. Check the files, or evaluate another '
         'split with --config.data.eval_split.')
-  return {**{k: float(v) for k, v in metrics.compute().items()},
-          'examples': examples}
+  if nonfinite := round(float(metrics.nonfinite.total)):
+    raise NonFiniteError(
+        f'{nonfinite:,} of the {examples:,} examples of split '
+        f'{config.data.eval_split!r} got NaN or infinite logits from the state '
+        f'at step {int(state.step)}: it diverged, and its errors are not '
+        'reported. Evaluate an earlier checkpoint (--config.eval.checkpoint='
+        'STEP), or train again with a lower --config.optimizer.learning_rate.')
+  values = {k: float(v) for k, v in metrics.compute().items() if k != 'nonfinite'}
+  return {**values, 'examples': examples}
 
 
 def _choose_step(which: str, checkpoints: checkpointing.Checkpoints) -> int:
@@ -197,7 +206,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str,
             out: TextIO = sys.stdout) -> list[str]:
   """Writes the top config.predict.top_k classes of each of
   config.predict.inputs to `out`, as text or JSON lines
-  (config.predict.format); returns the paths skipped as unreadable."""
+  (config.predict.format); returns the paths skipped as unreadable. A
+  model whose probabilities are not finite stops it (NonFiniteError)."""
   if config.predict.format not in ('text', 'json'):
     raise errors.InvalidInput(f'--config.predict.format={config.predict.format!r}: '
                      "use 'text' or 'json'.")
@@ -209,13 +219,20 @@ def predict(config: ml_collections.ConfigDict, workdir: str,
   for batch in file_outputs(chosen, paths, ten_crop=config.predict.ten_crop):
     report_skipped(paths, batch.skipped)
     skipped += batch.skipped
-    probabilities = batch.values.get('probabilities', ())
+    probabilities = batch.values.get('probabilities', np.zeros((0, 0)))
+    if not np.isfinite(probabilities).all():
+      bad = batch.index[~np.isfinite(probabilities).all(axis=-1)]
+      raise NonFiniteError(
+          f'{chosen.description} gives NaN or infinite probabilities for '
+          f'{len(bad)} image(s) of this batch, the first {paths[bad[0]]}: the '
+          'model diverged, and no prediction is written for them. Predict '
+          'with an earlier checkpoint (--config.eval.checkpoint=STEP).')
     for i, p in zip(batch.index, probabilities):
       top = np.argsort(-p, kind='stable')[:config.predict.top_k]
       if config.predict.format == 'json':
         out.write(json.dumps({'path': paths[i], 'predictions': [
             {'label': int(k), 'name': names[k], 'probability': float(p[k])}
-            for k in top]}) + '\n')
+            for k in top]}, allow_nan=False) + '\n')
       else:
         out.write(paths[i] + '\n' + ''.join(
             f'  {p[k]:.4f}  {names[k]}\n' for k in top))

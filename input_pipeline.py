@@ -120,6 +120,11 @@ def load(data: ml_collections.ConfigDict) -> Dataset:
   return Dataset(data, sources.open_source(data))
 
 
+def write_statistics(data: ml_collections.ConfigDict) -> str:
+  """--mode=stats: the training split's statistics, written (data/statistics.py)."""
+  return statistics.write(data, load(data).source)
+
+
 def with_dataset_classes(config: ml_collections.ConfigDict,
                          dataset: Dataset | None = None) -> ml_collections.ConfigDict:
   """A copy of `config` whose model.num_classes, where 0, is the dataset's.

@@ -3,67 +3,70 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging as std_logging
 import os
 import sys
-from collections.abc import Callable
 
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 import checkpointing
-import evaluation
-import input_pipeline
 import parallel
-import train
 from configs import command_line, validation
-from data import prepare, statistics
 from runtime import errors, xla_flags
-from tools import benchmark, benchmark_input, comm_report, figures, summary
 
 
 @dataclasses.dataclass(frozen=True)
 class Mode:
-  # The config and --workdir (None where the mode needs none) -> what to print.
-  run: Callable[[ml_collections.ConfigDict, str | None], object]
+  # 'module:function', imported when the mode runs: a mode that reads no data
+  # (the benchmark) then imports no TensorFlow.
+  target: str
   help: str
-  needs_workdir: bool = False
+  needs_workdir: bool = False  # the function takes (config, workdir)
+  data_only: bool = False      # the function takes config.data
+
+  def run(self, config: ml_collections.ConfigDict, workdir: str | None) -> object:
+    """The mode's function on the config (and workdir); what it returns."""
+    module, name = self.target.split(':')
+    function = getattr(importlib.import_module(module), name)
+    if self.needs_workdir:
+      return function(config, workdir)
+    return function(config.data if self.data_only else config)
 
 
 MODES = {
-    'train': Mode(train.train_and_evaluate, needs_workdir=True,
+    'train': Mode('train:train_and_evaluate', needs_workdir=True,
                   help="train and evaluate, resuming from the workdir's checkpoints"),
-    'eval': Mode(evaluation.report, needs_workdir=True,
+    'eval': Mode('evaluation:report', needs_workdir=True,
                  help='top-1/top-5 errors of a saved checkpoint '
                       '(config.eval.checkpoint), centre crop and 10-crop'),
-    'predict': Mode(evaluation.predict_report, needs_workdir=True,
+    'predict': Mode('evaluation:predict_report', needs_workdir=True,
                     help='the top classes of config.predict.inputs (image files '
                          'or folders) by a saved checkpoint, as text or JSON '
                          'lines'),
-    'filters': Mode(figures.filters, needs_workdir=True,
+    'filters': Mode('tools.figures:filters', needs_workdir=True,
                     help="a checkpoint's conv1 kernels as a PNG grid and each "
                          "tower's colourfulness (the paper's Figure 3)"),
-    'neighbours': Mode(figures.neighbours, needs_workdir=True,
+    'neighbours': Mode('tools.figures:neighbours', needs_workdir=True,
                        help='the training images nearest in fc7 to each of '
                             "config.predict.inputs, as a PNG grid (the paper's "
                             'Figure 4)'),
-    'summary': Mode(lambda config, _: summary.report(config),
+    'summary': Mode('tools.summary:report',
                     help="every layer's output shape, parameters and FLOPs"),
-    'benchmark': Mode(lambda config, _: benchmark.report(config),
-                      help='train-step img/s against the same network as a '
-                           'single tower'),
-    'comm_report': Mode(lambda config, _: comm_report.report(config),
+    'benchmark': Mode('tools.benchmark:report',
+                      help='train-step img/s against the same network in PyTorch'),
+    'comm_report': Mode('tools.comm_report:report',
                         help='the collectives of the compiled train step and '
                              'their bytes'),
-    'stats': Mode(lambda config, _: statistics.write(
-        config.data, input_pipeline.load(config.data).source),
+    'stats': Mode('input_pipeline:write_statistics', data_only=True,
                   help="write the training split's mean image, channel "
                        'mean/std and RGB PCA to data.stats_file'),
-    'prepare': Mode(lambda config, _: prepare.prepare(config.data),
+    'prepare': Mode('data.prepare:prepare', data_only=True,
                     help='write the dataset as 256x256 JPEGs to '
                          'data.prepared_dir'),
-    'benchmark_input': Mode(lambda config, _: benchmark_input.report(config),
+    'benchmark_input': Mode('tools.benchmark_input:report',
                             help='input-pipeline img/s against PIL and JPEG '
                                  'decoding alone'),
 }
@@ -80,6 +83,8 @@ flags.DEFINE_string('coordinator_address', None,
                     'cluster manager (SLURM and Cloud TPU are detected).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
 flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+flags.DEFINE_integer('distributed_timeout', 300, 'Seconds a process waits for the '
+                     'coordinator and the others to join.', lower_bound=1)
 flags.DEFINE_bool('verbose', False, "Print a user error's traceback too (else "
                   'it goes to WORKDIR/error.log).')
 flags.mark_flags_as_required(['config'])
@@ -116,8 +121,11 @@ def main(argv):
     validation.check(FLAGS.config)
   except ValueError as e:
     sys.exit(f'Error: {e}')
-  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                  FLAGS.process_id)
+  try:
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id, FLAGS.distributed_timeout)
+  except parallel.DistributedError as e:
+    sys.exit(f'Error: {e}')
   try:
     output = mode.run(FLAGS.config, FLAGS.workdir)
   except Exception as e:  # noqa: BLE001

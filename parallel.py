@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
+import time
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -17,6 +19,7 @@ import jax
 from absl import logging
 import ml_collections
 import numpy as np
+from jax._src import clusters  # the layout jax.distributed detects; no public API
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
@@ -28,31 +31,69 @@ MESH_AXES = ('data', 'model')
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
 
+class DistributedError(errors.UserError, RuntimeError):
+  """The processes of a multi-process run cannot form one job."""
+
+
 def _cluster_detected() -> bool:
   """Whether a cluster manager started this process, so jax.distributed can
   read the process layout from the environment (Cloud TPU: its metadata)."""
   env = os.environ
+  if int(env.get('SLURM_NTASKS', '1')) > 1 and 'SLURM_STEP_NODELIST' not in env:
+    # A batch script or a shell on an allocated node: no job step, so no layout.
+    raise DistributedError(
+        f'SLURM_NTASKS={env["SLURM_NTASKS"]} but this process is not in a job step '
+        '(no SLURM_STEP_NODELIST): it was started without srun. Launch every process '
+        'with srun, e.g. `srun python main.py ...` in the sbatch script '
+        '(python -m cluster writes one).')
   return (int(env.get('SLURM_NTASKS', '1')) > 1
           or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
           or 'TPU_WORKER_HOSTNAMES' in env or 'TPU_PROCESS_ADDRESSES' in env
           or importlib.util.find_spec('libtpu') is not None)
 
 
+def _wait_for_coordinator(address: str, process_id: int, timeout_s: int) -> None:
+  """Fails with a message, not JAX's abort, if the coordinator never listens."""
+  host, _, port = address.rpartition(':')
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      socket.create_connection((host, int(port)), timeout=5).close()
+      return
+    except OSError as e:
+      if time.monotonic() > deadline:
+        raise DistributedError(
+            f'Process {process_id} could not reach the coordinator at {address} within '
+            f'{timeout_s} s ({e}). Check that process 0 is running with the same '
+            f'--num_processes, that {host} resolves from this host and port {port} is '
+            'not blocked by a firewall, or wait longer with --distributed_timeout.'
+        ) from e
+      time.sleep(1)
+
+
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None,
+                           timeout_s: int = 300) -> None:
   """Starts JAX's multi-process runtime when there are several processes.
 
   Explicit arguments win; otherwise SLURM, Open MPI and multi-host Cloud TPU
   are detected by jax.distributed itself. A single process does nothing.
+  Processes other than 0 wait up to `timeout_s` for the coordinator.
   """
   explicit = coordinator_address is not None
   if not explicit and not _cluster_detected():
     return
   # CPU devices of several processes talk through gloo (no-op on GPU/TPU).
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+  # The layout jax.distributed would detect, to name the coordinator it dials.
+  address, count, index, _ = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+      coordinator_address, num_processes, process_id, None, None, timeout_s)
+  if address and index:
+    _wait_for_coordinator(address, index, timeout_s)
+  logging.info('Joining %s processes at coordinator %s.', count, address)
+  jax.distributed.initialize(coordinator_address=address, num_processes=count,
+                             process_id=index, initialization_timeout=timeout_s)
   logging.info('Process %d of %d; %d local and %d global devices.',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
@@ -129,6 +170,19 @@ def check_batch(batch_size: int, mesh: Mesh, rules: Rules,
         f'{what}={batch_size} is not divisible by the {shards} devices of the '
         f"mesh's {'x'.join(axes) or 'batch'} axes (and {jax.process_count()} "
         f'processes); set --config.{what} to a multiple of {multiple}.')
+  # Each process reads examples of its own, so its devices must hold a part
+  # of the batch that no other process's devices hold.
+  rows = {index[0].indices(batch_size) for index in
+          batch_sharding(mesh, rules).addressable_devices_indices_map((batch_size,)).values()}
+  held = len(set().union(*(range(*r) for r in rows)))
+  if held * jax.process_count() != batch_size:
+    raise ValueError(
+        f"The mesh data={mesh.shape['data']} x model={mesh.shape['model']} puts the "
+        f'same part of the batch on devices of several of the {jax.process_count()} '
+        'processes (its model axis spans processes), but each process reads examples '
+        'of its own. Give every process whole model groups (one process per host '
+        'seeing all its devices), or split the batch over every device: the '
+        'variant parallel=data (--config=FILE:parallel=data).')
 
 
 def host_array(x: jax.Array) -> np.ndarray:

@@ -37,6 +37,8 @@ from runtime import errors
 
 METRICS = 'metrics.jsonl'
 RESULTS = 'results.json'
+# In results.json at a run's final step only (train.py): a finished run.
+FINAL_KEY = 'val_top1_error_10crop'
 CONFIG = 'config.json'
 LOCK = 'lock'
 

@@ -22,6 +22,7 @@ import lr_schedule
 import parallel
 from models import AlexNet
 from models.alexnet import RELU_LAYERS, relu_output
+from runtime import errors
 
 
 @flax.struct.dataclass
@@ -35,16 +36,23 @@ class TrainState:
   rng: jax.Array                    # dropout key; folded with the step
 
 
+class NonFiniteError(errors.UserError, FloatingPointError):
+  """A state holds NaN or infinite values, or its outputs do: it diverged."""
+
+
 _ERRORS = dict(
     loss=metrics.Average.from_output('loss'),
     top1_error=metrics.Average.from_output('top1_error'),
     top5_error=metrics.Average.from_output('top5_error'))
+# How many examples got a NaN or infinite logit (its total; evaluation.py
+# refuses to score a state that has any).
+_NONFINITE = dict(nonfinite=metrics.Average.from_output('nonfinite'))
 # The share of each ReLU's outputs that are zero: the sparsity the paper
 # credits ReLUs with (section 3.1), per layer, measured when evaluating (in
 # the train step it would cost collectives across the towers every step).
 _RELU_ZEROS = {f'relu_zeros_{layer}': metrics.Average.from_output(f'relu_zeros_{layer}')
                for layer in RELU_LAYERS}
-EvalMetrics = metrics.Collection.create(**_ERRORS, **_RELU_ZEROS)
+EvalMetrics = metrics.Collection.create(**_ERRORS, **_RELU_ZEROS, **_NONFINITE)
 TrainMetrics = metrics.Collection.create(
     **_ERRORS, learning_rate=metrics.LastValue.from_output('learning_rate'))
 
@@ -70,15 +78,24 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
 def classification_outputs(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
   """Per-example cross-entropy loss and top-1 / top-5 errors.
 
-  The label's rank (how many classes score higher) gives both errors without
-  top_k, which XLA's partitioner would gather across the batch shards.
+  The label's rank (how many other classes score at least as high) gives
+  both errors without top_k, which XLA's partitioner would gather across
+  the batch shards. A tie counts against the label, and an example with a
+  NaN or infinite logit is wrong at every k: a diverged model scores no
+  example right.
   """
   label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-  rank = jnp.sum(logits > label_logit, axis=-1)
+  rank = jnp.sum(logits >= label_logit, axis=-1) - 1  # less the label itself
+  rank = jnp.where(finite_rows(logits), rank, logits.shape[-1])
   return dict(
       loss=optax.softmax_cross_entropy_with_integer_labels(logits, labels),
       top1_error=(rank >= 1).astype(jnp.float32),
       top5_error=(rank >= 5).astype(jnp.float32))
+
+
+def finite_rows(logits: jax.Array) -> jax.Array:
+  """Per example, whether all its logits are finite."""
+  return jnp.all(jnp.isfinite(logits), axis=-1)
 
 
 def relu_zero_fractions(relus: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -214,7 +231,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
   logits, zeros, _ = _forward(state, standardize(batch, std, mean_image), model)
   return EvalMetrics.single_from_model_output(
       mask=batch['mask'], **classification_outputs(logits, batch['label']),
-      **zeros)
+      nonfinite=(~finite_rows(logits)).astype(jnp.float32), **zeros)
 
 
 def predict_step(state: TrainState, batch: dict[str, jax.Array], *,

@@ -187,7 +187,7 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
       variants='',          # added to every architecture's, e.g. 'size=tiny'
       steps=3,              # timed steps a round, in each framework
       rounds=3,             # rounds, alternating between the frameworks
-      torch='best',         # best: PyTorch's fastest mode | eager | off: JAX alone
+      torch='best',         # best: PyTorch's fastest mode | eager | compile | off: JAX alone
   ))
   # Steps (first, count) whose JAX profiler trace goes to <workdir>/profile;
   # () traces none.

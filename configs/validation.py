@@ -121,7 +121,7 @@ RULES: dict[str, Check] = {
     'predict.neighbour_subset': _int(0),
     'benchmark.steps': _int(1),
     'benchmark.rounds': _int(1),
-    'benchmark.torch': _one_of('best', 'eager', 'off'),
+    'benchmark.torch': _one_of('best', 'eager', 'compile', 'off'),
     'profile_steps': ((lambda x: isinstance(x, (tuple, list)) and (
         len(x) == 0 or (len(x) == 2 and all(isinstance(v, int) for v in x)
                         and x[0] >= 0 and x[1] >= 1))),

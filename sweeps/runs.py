@@ -25,9 +25,6 @@ from configs.sweeps import Point, Sweep
 MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'main.py')
 # The flags of a finished run, written when it finishes.
 RUN_FILE = 'run.json'
-# Written at a run's final step only (train.py), so its presence marks a
-# finished run.
-FINAL_KEY = 'val_top1_error_10crop'
 
 
 class SweepError(ValueError):
@@ -118,7 +115,7 @@ def final_results(workdir: str) -> dict[str, Any] | None:
       results = json.load(f)
   except (FileNotFoundError, json.JSONDecodeError):
     return None
-  return results if FINAL_KEY in results else None
+  return results if run_files.FINAL_KEY in results else None
 
 
 

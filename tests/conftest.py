@@ -80,3 +80,26 @@ def free_port():
       s.bind(('localhost', 0))
       return s.getsockname()[1]
   return find
+
+
+# Set by .ci/run, which starts a cluster: there the SLURM tests must run.
+REQUIRE_SLURM = 'ALEXNET_REQUIRE_SLURM'
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slurm: needs a SLURM cluster (SLURM_CONF)')
+
+
+@pytest.fixture(scope='session')
+def slurm_cluster():
+  """A SLURM cluster that takes jobs: skips without one, fails in CI."""
+  import subprocess
+  ready = shutil.which('sbatch') and subprocess.run(
+      ['sinfo', '-h'], capture_output=True, timeout=30).returncode == 0
+  if not ready:
+    reason = ('needs a SLURM cluster: start one with `cluster/local_slurm.sh start '
+              '/tmp/slurm` and `export SLURM_CONF=/tmp/slurm/slurm.conf` '
+              '(cluster/local_slurm.sh install installs SLURM)')
+    if os.environ.get(REQUIRE_SLURM):
+      pytest.fail(f'{REQUIRE_SLURM} is set but no cluster answers: {reason}')
+    pytest.skip(reason)

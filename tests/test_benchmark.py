@@ -15,7 +15,7 @@ import pytest
 import torch
 from jax import lax
 
-from runtime import xla_flags
+from runtime import processor, xla_flags
 from tools import benchmark, torch_alexnet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,6 +38,9 @@ def test_smoke_run_prints_the_table_and_a_line_per_architecture(tmp_path):
   out = result.stdout
   assert re.search(r'^Train step, batch 2, float32, on cpu .*JAX .*PyTorch ', out, re.M), out
   assert re.search(r'^Peak: [\d,.]+ GFLOP/s \(the best float32 matmul measured', out, re.M)
+  # The processor and the flags the JAX worker ran with.
+  assert re.search(rf'^Host: {re.escape(processor.this().describe())}; XLA_FLAGS: '
+                   rf'{re.escape(xla_flags.COMMON[0])}', out, re.M), out
   header = re.search(r'^arch\s+framework\s+mode\s+first step\s+median step \(min-max\)\s+'
                      r'img/s\s+peak memory\s+MFU$', out, re.M)
   assert header, out
@@ -71,7 +74,7 @@ def test_unknown_architecture_and_torch_mode_are_named(small_config):
   with pytest.raises(ValueError, match=r"\['alexnet2'\]; known: paper, towers=1"):
     benchmark.report(config)
   config.benchmark.torch = 'fastest'
-  with pytest.raises(ValueError, match="benchmark.torch='fastest': use one of off, best, eager"):
+  with pytest.raises(ValueError, match="benchmark.torch='fastest': use one of off, best, eager, compile"):
     benchmark.report(config)
 
 
@@ -95,13 +98,6 @@ def test_torch_lrn_is_the_papers_within_each_tower():
   # Map 3 (tower 0's last) sums maps 1..3, not tower 1's map 4.
   s = (x[:, 1:4] ** 2).sum(1)
   torch.testing.assert_close(y[:, 3], x[:, 3] / (2.0 + 1e-2 * s) ** 0.75)
-
-
-def test_xla_flags_keep_the_users_and_add_the_projects(monkeypatch):
-  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=mine --other=1')
-  assert xla_flags.apply() == '--xla_cpu_experimental_ynn_fusion_type=mine --other=1'
-  monkeypatch.setenv('XLA_FLAGS', '--other=1')
-  assert xla_flags.apply() == '--other=1 ' + ' '.join(xla_flags.FLAGS)
 
 
 def test_cpu_convolutions_are_not_handed_to_ynnpack():

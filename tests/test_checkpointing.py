@@ -425,6 +425,21 @@ def test_unwritable_checkpoint_directory_fails_at_the_first_save(one_device, tmp
     checkpoints.save(state, results={}, evaluated=False)
 
 
+def test_a_diverged_state_is_not_saved(one_device, tmp_path):
+  config, _, state = one_device
+  _save(tmp_path, config, _at_step(state, 1, seed=1))
+  params = dict(state.params)
+  params['fc6'] = jax.tree.map(lambda x: x.at[0].set(np.nan), params['fc6'])
+  diverged = _at_step(state, 2, seed=0).replace(params=params)
+  checkpoints = checkpointing.Checkpoints(str(tmp_path), config)
+  with pytest.raises(FloatingPointError, match=(
+      r"The state at step 2 holds NaN or infinite values \(\['params'\]\['fc6'\]"
+      r".*a diverged state is not saved as a checkpoint")):
+    checkpoints.save(diverged, results={}, evaluated=False)
+  checkpoints.close()
+  assert _saved_steps(tmp_path) == [1]
+
+
 def test_a_second_run_on_a_workdir_in_use_is_refused(uninterrupted, tmp_path, command):
   data_path, reference = uninterrupted
   workdir = tmp_path / 'work'

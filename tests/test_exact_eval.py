@@ -10,9 +10,10 @@ import optax
 import pytest
 from PIL import Image
 
+import evaluation
 import input_pipeline
 import parallel
-from trainer import Trainer, standardize
+from trainer import NonFiniteError, Trainer, standardize
 from configs import demo as demo_config
 
 SIZE = 67  # the smallest input the paper's geometry takes
@@ -95,3 +96,17 @@ def test_ten_crop_prediction_is_the_mean_of_ten_softmaxes():
   assert float(got['loss']) == pytest.approx(-np.log(label_prob).mean(), rel=1e-4)
   assert float(got['top1_error']) == pytest.approx(
       np.mean(probs.argmax(-1) != labels), abs=1e-6)
+
+
+def test_a_diverged_state_is_refused_not_scored(demo_run):
+  config, workdir = demo_run
+  chosen = evaluation.restore_chosen(config, workdir, input_pipeline.load(config.data))
+  diverged = chosen.state.replace(params=jax.tree.map(
+      lambda x: x * np.nan, chosen.state.params))
+  with pytest.raises(NonFiniteError, match=(
+      r"100 of the 100 examples of split 'validation' got NaN or infinite "
+      r'logits from the state at step 6: it diverged')):
+    evaluation.evaluate(chosen.trainer, diverged, chosen.config, chosen.dataset)
+  # The state it came from scores as before.
+  errors = evaluation.evaluate(chosen.trainer, chosen.state, chosen.config, chosen.dataset)
+  assert 'nonfinite' not in errors and 0 <= errors['top1_error'] <= 1

@@ -173,6 +173,18 @@ def _losses(proc):
   return json.loads(next(l for l in out.splitlines() if l.startswith('LOSSES '))[7:])
 
 
+def test_a_model_axis_across_processes_is_refused(free_port):
+  # One device per process (as with one process per GPU): the towers' model
+  # axis would join devices of both processes, which read different examples.
+  address = f'localhost:{free_port()}'
+  workers = [_worker(address, 2, i, 1, '', 'two_tower') for i in range(2)]
+  for worker in workers:
+    out, _ = worker.communicate(timeout=600)
+    assert worker.returncode != 0
+    assert ('puts the same part of the batch on devices of several of the 2 processes'
+            in out), out[-3000:]
+
+
 def test_two_processes_match_one_process(free_port):
   address = f'localhost:{free_port()}'
   workers = [_worker(address, 2, i, 4) for i in range(2)]
@@ -180,3 +192,18 @@ def test_two_processes_match_one_process(free_port):
   one = _losses(_worker('-', 1, 0, 8))
   np.testing.assert_allclose(two[0], one, rtol=1e-5)
   np.testing.assert_allclose(two[1], one, rtol=1e-5)
+
+
+def test_an_unreachable_coordinator_is_named_within_the_timeout(free_port, tmp_path):
+  address = f'localhost:{free_port()}'  # nothing listens there
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/demo.py:size=tiny',
+       f'--workdir={tmp_path / "work"}', f'--coordinator_address={address}',
+       '--num_processes=2', '--process_id=1', '--distributed_timeout=2'],
+      cwd=os.path.dirname(HERE), capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'Error: Process 1 could not reach the coordinator at {address} '
+                         'within 2 s'), result.stderr[-3000:]
+  assert '--distributed_timeout' in last

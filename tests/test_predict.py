@@ -9,14 +9,17 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
+import checkpointing
 import evaluation
 from configs import alexnet
 from data import demo_shapes, image_folder, sources
 from runtime import errors
+from trainer import NonFiniteError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,3 +137,26 @@ def test_image_folder_labels_are_its_subfolders(tmp_path):
   data = alexnet.get_config().data
   data.image_folder = str(tmp_path)
   assert sources.open_source(data).class_names == ('cat', 'tench')
+
+
+def test_a_diverged_model_writes_no_prediction_and_says_so(demo_run, images, tmp_path):
+  # Parameters 1e20 times larger are finite but overflow float32 on the way
+  # to the logits, as a diverging run's last saved state can.
+  config, workdir = demo_run
+  inputs, readable, _ = images
+  chosen = evaluation.restore_chosen(config, workdir)
+  blown_up = chosen.state.replace(params=jax.tree.map(
+      lambda x: x * np.float32(1e20), chosen.state.params))
+  checkpoints = checkpointing.Checkpoints(str(tmp_path), chosen.config)
+  checkpoints.save(blown_up, results={}, evaluated=False)
+  checkpoints.close()
+  config = config.copy_and_resolve_references()
+  config.predict.inputs = inputs
+  config.predict.format = 'json'
+  out = io.StringIO()
+  with pytest.raises(NonFiniteError, match=(
+      rf'Checkpoint 6 \(latest\) of {tmp_path}/checkpoints gives NaN or infinite '
+      rf'probabilities for 3 image\(s\) of this batch, the first {readable[0]}: '
+      'the model diverged')):
+    evaluation.predict(config, str(tmp_path), out)
+  assert out.getvalue() == ''

@@ -9,7 +9,7 @@ import pytest
 
 import lr_schedule
 import parallel
-from trainer import Trainer, paper_sgd, synthetic_batch
+from trainer import Trainer, classification_outputs, paper_sgd, synthetic_batch
 
 
 def _losses(config, devices, steps=4):
@@ -124,3 +124,18 @@ def test_impossible_mesh_is_refused(data, model, match):
 def test_rule_naming_an_unknown_mesh_axis_is_refused():
   with pytest.raises(ValueError, match="names mesh axis 'tensor'"):
     parallel.check_rules((('batch', 'data'), ('fc_out', 'tensor')))
+
+
+def test_ties_and_non_finite_logits_count_as_errors():
+  nan, inf = float('nan'), float('inf')
+  logits = jnp.array([
+      [3., 1., 0., 0., 0., 0., 0.],     # label 0 alone on top: right
+      [1., 1., 0., 0., 0., 0., 0.],     # tied with another class: wrong at 1
+      [1., 1., 1., 1., 1., 1., 1.],     # tied with all: wrong at 1 and 5
+      [nan, nan, nan, nan, nan, nan, nan],
+      [9., nan, 0., 0., 0., 0., 0.],    # one NaN logit: not a measured answer
+      [inf, 0., 0., 0., 0., 0., 0.]])
+  labels = jnp.zeros(len(logits), jnp.int32)
+  outputs = classification_outputs(logits, labels)
+  np.testing.assert_array_equal(outputs['top1_error'], [0, 1, 1, 1, 1, 1])
+  np.testing.assert_array_equal(outputs['top5_error'], [0, 0, 1, 1, 1, 1])

@@ -34,7 +34,7 @@ import ml_collections
 from absl import logging
 
 from configs import alexnet
-from runtime import errors
+from runtime import errors, processor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,11 +46,15 @@ ARCHITECTURES = {
     'owt': 'arch=owt',
 }
 
-# PyTorch modes benchmark.torch tries: 'best' all, keeping the fastest.
+# benchmark.torch -> the PyTorch mode it runs; 'best' (None) tries those of
+# CANDIDATES (each layout eager, then torch.compile on the faster) and keeps
+# the fastest; 'compile' skips the trials, for a GPU run's time limit.
 TORCH_MODES = {
-    'best': ['contiguous', 'channels_last', 'compile'],
-    'eager': ['contiguous'],
+    'best': None,
+    'eager': {'compile': False, 'layout': 'contiguous'},
+    'compile': {'compile': True, 'layout': 'channels_last'},
 }
+CANDIDATES = ['contiguous', 'channels_last', 'compile']
 
 # Dense peak FLOP/s from vendors' datasheets, the first matching device kind
 # wins: (kind contains, float32 peak, bfloat16 peak). float32 is the TF32
@@ -74,7 +78,10 @@ class Worker:
   def __init__(self, spec: dict[str, Any]):
     self.name = spec['framework']
     self.log = tempfile.TemporaryFile('w+')
-    env = {**os.environ, 'PYTHONPATH': REPO,
+    # The repository first; a PYTHONPATH already set (the wheels that
+    # tools/device_benchmark.sh installs) stays after it.
+    path = os.pathsep.join(filter(None, [REPO, os.environ.get('PYTHONPATH')]))
+    env = {**os.environ, 'PYTHONPATH': path,
            # Both workers share a GPU; without this JAX takes 75% at start.
            'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.45',
            # The first step compiles in both, not reads a cache.
@@ -161,13 +168,12 @@ def measure(arch: str, variants: str, config: ml_collections.ConfigDict,
   and the JAX worker's first reply (platform, FLOPs, matmul peak)."""
   specs = {'jax': _spec('jax', variants, config)}
   if bench.torch != 'off':
-    modes = TORCH_MODES[bench.torch]
-    if len(modes) > 1:
-      choice = Worker(_spec('choose_torch_mode', variants, config, torch_modes=modes))
+    mode = TORCH_MODES[bench.torch]
+    if mode is None:
+      choice = Worker(_spec('choose_torch_mode', variants, config,
+                            torch_modes=CANDIDATES))
       mode = choice.ready['torch_mode']
       choice.close()
-    else:
-      mode = {'compile': False, 'layout': modes[0]}
     specs['torch'] = _spec('torch', variants, config, torch_mode=mode)
   # One at a time, so that neither's compilation slows the other's.
   workers = {name: Worker(spec) for name, spec in specs.items()}
@@ -272,6 +278,7 @@ def report(config: ml_collections.ConfigDict) -> str:
       + (f', PyTorch {torch_version}' if torch_version else '') +
       f'; {bench.rounds} alternating rounds of {bench.steps} steps after one warm-up step.',
       'Peak: ' + (f'{peak / 1e9:,.1f} GFLOP/s ({source}).' if peak else source + '.'),
+      f'Host: {processor.this().describe()}; XLA_FLAGS: {first["xla_flags"] or "none"}.',
       'Peak memory: ' + '; '.join(sorted({f'{r.framework}: {r.memory_source}'
                                           for r in results})) + '.']
   return format_report(results, header, peak, flops)

@@ -58,7 +58,7 @@ class JaxStep:
 
   def __init__(self, spec: dict[str, Any]):
     from runtime import xla_flags
-    xla_flags.apply()
+    self.xla_flags = xla_flags.apply()
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -116,6 +116,7 @@ class JaxStep:
 class TorchStep:
   """tools/torch_alexnet.py's train step in one mode: spec['torch_mode'] is
   {'compile': bool, 'layout': 'contiguous' | 'channels_last'}."""
+  xla_flags = None
 
   def __init__(self, spec: dict[str, Any]):
     import torch
@@ -212,6 +213,7 @@ def serve(spec: dict[str, Any], requests: TextIO, replies: TextIO) -> None:
          'flops': worker.flops, 'platform': worker.platform,
          'device_kind': worker.device_kind,
          'threads': worker.threads,
+         'xla_flags': worker.xla_flags,
          'matmul_flops_per_s': worker.matmul_flops_per_s})
   for line in requests:
     request = json.loads(line)

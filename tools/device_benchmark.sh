@@ -1,38 +1,48 @@
 #!/usr/bin/env bash
 # Every accelerator measurement of docs/performance.md in one run, each step
-# under a time limit, into one folder:
+# under a time limit and all within BUDGET seconds (570: a 10-minute device
+# command with room to start), into one folder:
 #
 #   OUT=/tmp/gpu bash tools/device_benchmark.sh           # on the GPU machine
 #   OUT=/tmp/gpu SMOKE=1 bash tools/device_benchmark.sh   # tiny, to try it on a CPU
 #   OUT=/tmp/gpu ONLY='benchmark_' bash tools/device_benchmark.sh   # steps matching a regex
 #
-# Steps: the environment; --mode=benchmark (JAX against PyTorch) for the
-# paper's network and the single tower at float32 and bfloat16, batch 128
-# and 512; synthetic photographs and their prepared 256x256 copy; training
-# end to end on each with the real input pipeline (train img/s and the
-# data-wait fraction from metrics.jsonl); --mode=benchmark_input on both, on
-# this machine's CPU cores. Writes OUT/log.txt (every step's output) and
+# A bare GPU machine has jax, flax, optax, orbax-checkpoint and PyTorch but
+# no ml_collections or clu and no package index: the wheels of
+# tools/carried_wheels.sh (.whl/, carried with the repository) that this
+# Python lacks are installed offline into a scratch folder on PYTHONPATH.
+# Steps: the environment; the wheels; --mode=benchmark (JAX against PyTorch
+# with torch.compile on channels-last, AMP for bfloat16, MFU against the
+# datasheet's dense peak) for the paper's network and the single tower at
+# bfloat16 and float32, batch 512 and 128; then, where TensorFlow is
+# installed and time is left, synthetic photographs and their prepared
+# 256x256 copy, training end to end on each with the real input pipeline
+# (train img/s and the data-wait fraction from metrics.jsonl) and
+# --mode=benchmark_input. Writes OUT/log.txt (every step's output) and
 # OUT/summary.txt (each step's command, exit status and result lines). A
 # step that fails or runs out of time is noted and the next one runs.
-# Needs requirements.txt's packages with an accelerator build of jax, and
-# PyTorch (requirements-torch.txt; a CUDA build on a GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:?set OUT to the folder for the results}
 mkdir -p "$out"
 python=${PYTHON:-python3}
 scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+deadline=$((SECONDS + ${BUDGET:-570}))
 
 if [[ ${SMOKE:-0} == 1 ]]; then
-  dtypes=(float32); batches=(2); photos=520; train_steps=4; limit=600
+  runs=(float32:2); archs=paper; photos=520; train_steps=4; limit=300
   bench=(--config.benchmark.variants=size=tiny --config.benchmark.steps=1
          --config.benchmark.rounds=1 --config.benchmark.torch=eager)
   train=(--config=configs/alexnet.py:size=tiny --config.batch_size=8
          --config.eval_batch_size=8)
 else
-  dtypes=(float32 bfloat16); batches=(128 512); photos=4096; train_steps=300; limit=420
-  bench=(--config.benchmark.steps=10 --config.benchmark.rounds=3)
+  # The two reference points of docs/performance.md first.
+  runs=(bfloat16:512 float32:128 bfloat16:128 float32:512); archs=paper,towers=1
+  photos=4096; train_steps=300; limit=135
+  bench=(--config.benchmark.steps=10 --config.benchmark.rounds=3
+         --config.benchmark.torch=compile)
   train=(--config=configs/alexnet.py --config.batch_size=128)
 fi
 
@@ -40,6 +50,12 @@ step() {  # step NAME SECONDS COMMAND...: runs it (false if ONLY skips it), logs
   local name=$1 seconds=$2
   shift 2
   [[ $name =~ ${ONLY:-.} ]] || return 1
+  local left=$((deadline - SECONDS))
+  ((seconds > left)) && seconds=$left
+  if ((seconds < 10)); then
+    printf '\n## %s: skipped, the time budget is spent\n' "$name" >> "$out/summary.txt"
+    return 1
+  fi
   printf '\n## %s: %s\n' "$name" "$*" | tee -a "$out/summary.txt" >> "$out/log.txt"
   local start=$SECONDS
   timeout "$seconds" "$@" >> "$out/log.txt" 2>&1
@@ -50,7 +66,7 @@ step() {  # step NAME SECONDS COMMAND...: runs it (false if ONLY skips it), logs
 }
 
 train_rates() {  # train_rates WORKDIR: the steady train img/s and data-wait fraction
-  "$python" - "$1" <<'EOF' >> "$out/summary.txt"
+  "$python" - "$1" <<'PY' >> "$out/summary.txt"
 import json, statistics, sys
 rows = [json.loads(line) for line in open(f'{sys.argv[1]}/metrics.jsonl')]
 rows = [r for r in rows if 'images_per_sec' in r][1:]  # the first holds compilation
@@ -60,23 +76,42 @@ if rows:
         f"(medians of {len(rows)} logging intervals after the first)")
 else:
   print('no logging interval after the first')
-EOF
+PY
 }
 
-step environment 120 bash -c "date -u; nproc; nvidia-smi -L 2>/dev/null; \
+step environment 60 bash -c "date -u; nproc; nvidia-smi -L 2>/dev/null; \
+  grep -m1 'model name' /proc/cpuinfo; \
   $python -c 'import sys, jax; print(sys.version); print(jax.__version__, jax.devices())'; \
   $python -c 'import torch; print(torch.__version__, torch.cuda.is_available())'"
+missing=()  # the carried wheels whose package this Python lacks
+for wheel in .whl/*.whl; do
+  [[ -f $wheel ]] || continue
+  name=${wheel##*/}
+  "$python" -c 'import importlib.metadata as m, sys; m.version(sys.argv[1])' \
+    "${name%%-*}" 2>/dev/null || missing+=("$wheel")
+done
+echo "carried wheels to install: ${missing[*]:-none}" | tee -a "$out/log.txt" >> "$out/summary.txt"
+((${#missing[@]} == 0)) || step wheels 60 "$python" -m pip install --quiet --no-index \
+  --no-deps --target "$scratch/site" "${missing[@]}"
+export PYTHONPATH="$scratch/site${PYTHONPATH:+:$PYTHONPATH}"
+step imports 60 "$python" -c $'try:\n import ml_collections, clu.metrics\nexcept ImportError as e:\n'\
+$' raise SystemExit(f"{e}: fill .whl/ with tools/carried_wheels.sh where an index is")'
 
-for dtype in "${dtypes[@]}"; do
-  for batch in "${batches[@]}"; do
-    step "benchmark_${dtype}_${batch}" "$limit" "$python" main.py \
-      --config=configs/alexnet.py:dtype="$dtype" --mode=benchmark \
-      --config.batch_size="$batch" --config.benchmark.architectures=paper,towers=1 \
-      "${bench[@]}" &&
-      grep -E '^(paper|towers=1): ' "$out/log.txt" | tail -n 2 >> "$out/summary.txt"
-  done
+for run in "${runs[@]}"; do
+  dtype=${run%:*} batch=${run#*:}
+  step "benchmark_${dtype}_${batch}" "$limit" "$python" main.py \
+    --config=configs/alexnet.py:dtype="$dtype" --mode=benchmark \
+    --config.batch_size="$batch" --config.benchmark.architectures="$archs" \
+    "${bench[@]}" &&
+    grep -E '^(Train step|Peak: |Host: |(paper|towers=1): )' "$out/log.txt" |
+      tail -n "$((3 + $(tr , '\n' <<< "$archs" | wc -l)))" >> "$out/summary.txt"
 done
 
+if ! "$python" -c 'import tensorflow, tensorflow_datasets' 2>/dev/null; then
+  printf '\n## input pipeline and training: skipped, no TensorFlow or TFDS here\n' \
+    >> "$out/summary.txt"
+  exit 0
+fi
 step photos "$limit" "$python" -m tools.synthetic_photos "$scratch/photos" --num_images="$photos"
 step prepare "$limit" "$python" main.py "${train[@]}" --mode=prepare \
   --config.data.image_folder="$scratch/photos" --config.data.prepared_dir="$scratch/prepared"
@@ -92,4 +127,3 @@ for source in photos prepared; do
     --mode=benchmark_input &&
     grep -E '^input img/s' "$out/log.txt" | tail -n 1 >> "$out/summary.txt"
 done
-rm -rf "$scratch"
