@@ -20,14 +20,14 @@ import run_files
 from configs import validation
 from models import kernels
 from runtime import console, errors, profiling
-from trainer import Trainer, TrainMetrics
+from trainer import NonFiniteError, Trainer, TrainMetrics
 
 
 def _check_finite(step_metrics: list[TrainMetrics], first_step: int) -> None:
   for i, m in enumerate(step_metrics):
     loss = float(m.loss.compute())
     if not np.isfinite(loss):
-      raise FloatingPointError(
+      raise NonFiniteError(
           f'Training loss became {loss} at step {first_step + i}; stopped. '
           'Lower --config.optimizer.learning_rate or check the input data.')
 
