@@ -116,9 +116,9 @@ def _slug(heading: str) -> str:
 def _anchors(doc: str) -> set[str]:
   """The anchors of a document's headings (not of # lines in code blocks);
   a repeated heading's get -1, -2, ... as on GitHub."""
-  text = re.sub(r'```.*?```', '', _read(doc), flags=re.S)
+  text = re.sub(r'```.*?```', '', _read(doc), flags=re.DOTALL)
   anchors, seen = set(), {}
-  for heading in re.findall(r'^#{1,6} +(.+?)#*$', text, re.M):
+  for heading in re.findall(r'^#{1,6} +(.+?)#*$', text, re.MULTILINE):
     slug = _slug(heading)
     anchors.add(slug if slug not in seen else f'{slug}-{seen[slug]}')
     seen[slug] = seen.get(slug, 0) + 1
