@@ -36,23 +36,17 @@ def test_eta_is_the_mean_step_time_over_the_session():
   assert eta.seconds_left(21, 1015.0) == pytest.approx(79 * 0.75)
 
 
-def test_eta_counts_evaluations_and_the_ten_crop_test():
-  eta = console.Eta(num_steps=100, eval_every=50, first_step=0, start=0.0)
-  eta.add_evaluation(4.0)  # at step 50
-  # 50 steps in 30 s, 4 of them evaluating: 0.52 s a step; one centre-crop
-  # evaluation to come and the 10-crop test, each at 4 s a centre crop.
-  assert eta.seconds_left(50, 30.0) == pytest.approx(50 * 0.52 + (1 + 10) * 4.0)
-  assert eta.seconds_left(100, 60.0) == 0
-
-
-def test_eta_leaves_the_first_evaluations_compilation_out_once_it_can():
+def test_eta_counts_evaluations_and_the_ten_crop_test_but_not_compiling():
   eta = console.Eta(num_steps=100, eval_every=25, first_step=0, start=0.0)
-  eta.add_evaluation(10.0)  # compiles
+  eta.add_evaluation(10.0)  # at step 25, compiling: no measure of the others
+  # 25 steps in 20 s, 10 of them evaluating: 0.4 s a step.
+  assert eta.seconds_left(25, 20.0) == pytest.approx(75 * 0.4)
   eta.add_evaluation(3.0)
   eta.add_evaluation(5.0)
   # 75 steps in 48 s, 18 of them evaluating: 0.4 s a step; the last
-  # evaluation and the 10-crop test at 4 s each.
+  # evaluation and the 10-crop test, as ten, at 4 s each.
   assert eta.seconds_left(75, 48.0) == pytest.approx(25 * 0.4 + 11 * 4.0)
+  assert eta.seconds_left(100, 70.0) == 0
 
 
 def test_progress_prints_the_first_the_last_and_every_few_seconds():
