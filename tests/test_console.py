@@ -4,11 +4,18 @@ given times), the evaluation line and the slow-phase line."""
 from __future__ import annotations
 
 import logging
+import os
+import re
+import subprocess
+import sys
 import threading
 
 import pytest
 
+import run_files
 from runtime import console
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCALARS = {'train_loss': 1.23456, 'images_per_sec': 187.4, 'data_wait_fraction': 0.034}
 
@@ -110,3 +117,22 @@ def test_a_quick_phase_says_nothing(collect):
   with console.phase('Reading the dataset', after_secs=3600):
     pass
   assert collect.messages == []
+
+
+def test_a_run_prints_its_lines_and_logs_every_scalar(tmp_path, tiny_demo_flags):
+  result = subprocess.run(
+      [sys.executable, 'main.py', *tiny_demo_flags(tmp_path)], cwd=REPO,
+      capture_output=True, text=True, timeout=600, check=False,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stderr.splitlines()
+  assert any(re.search(r'\] step 3/6 \(50\.0%\), epoch .*: loss .*, \d+ img/s, data '
+                       r'wait \d+%, ETA \d+:\d\d:\d\d$', line) for line in lines)
+  assert any(re.search(r'\] Validation at step 6 \(epoch .*\): top-1 error .*, top-5 '
+                       r'error .*, loss .* \(.* s\)$', line) for line in lines)
+  for noise in ('Setting work unit notes', 'steps_per_sec', 'uptime', 'relu_zeros',
+                'Got images'):
+    assert noise not in result.stderr
+  records = run_files.read_metrics(str(tmp_path / 'work'))
+  logged = set().union(*records)
+  assert {'steps_per_sec', 'uptime', 'images_per_sec', 'val_relu_zeros_conv1'} <= logged
