@@ -75,12 +75,12 @@ def _choose_step(which: str, checkpoints: checkpointing.Checkpoints) -> int:
     best = checkpoints.best_step()
     if best is None:
       raise errors.InvalidInput(f'No checkpoint in {checkpoints.directory} was saved '
-                       "after an evaluation; use --config.eval.checkpoint=latest.")
+                                "after an evaluation; use --config.eval.checkpoint=latest.")
     return best
   if which.isdigit() and int(which) in steps:
     return int(which)
   raise errors.InvalidInput(f'--config.eval.checkpoint={which!r} is not latest, best or '
-                   f'one of the saved steps {steps}.')
+                            f'one of the saved steps {steps}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +143,7 @@ def outputs(chosen: Chosen, examples: tf.data.Dataset,
   reported in `skipped` (input_pipeline.Dataset.views)."""
   if jax.process_count() > 1:
     raise errors.InvalidInput('Predictions and figures run as one process; start '
-                     'this mode without --num_processes.')
+                              'this mode without --num_processes.')
   config = chosen.config
   batches = chosen.dataset.views(
       examples, load, ten_crop=ten_crop, resample=resample,
@@ -210,7 +210,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str,
   model whose probabilities are not finite stops it (NonFiniteError)."""
   if config.predict.format not in ('text', 'json'):
     raise errors.InvalidInput(f'--config.predict.format={config.predict.format!r}: '
-                     "use 'text' or 'json'.")
+                              "use 'text' or 'json'.")
   paths = input_paths(config)
   chosen = restore_chosen(config, workdir, input_pipeline.load(config.data))
   names = chosen.dataset.class_names

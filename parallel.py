@@ -117,17 +117,17 @@ def make_mesh(mesh_config: ml_collections.ConfigDict,
   data, model = int(mesh_config.data), int(mesh_config.model)
   if model < 1 or data == 0 or data < -1:
     raise errors.InvalidInput(f'Invalid mesh data={data}, model={model}: model must be '
-                     '>= 1 and data >= 1 or -1 (all remaining devices).')
+                              '>= 1 and data >= 1 or -1 (all remaining devices).')
   if data == -1:
     if n % model:
       raise errors.InvalidInput(f'Mesh axis model={model} does not divide the {n} '
-                       f'devices; choose a model size that divides {n}.'
-                       + _simulation_hint(devices, model))
+                                f'devices; choose a model size that divides {n}.'
+                                + _simulation_hint(devices, model))
     data = n // model
   if data * model != n:
     raise errors.InvalidInput(f'Mesh data={data} x model={model} = {data * model} does '
-                     f'not match the {n} devices; use data=-1 or sizes whose '
-                     f'product is {n}.' + _simulation_hint(devices, data * model))
+                              f'not match the {n} devices; use data=-1 or sizes whose '
+                              f'product is {n}.' + _simulation_hint(devices, data * model))
   return jax.make_mesh((data, model), MESH_AXES,
                        axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 
@@ -142,7 +142,7 @@ def check_rules(rules: Rules) -> None:
     for axis in _as_tuple(mesh_axes):
       if axis not in MESH_AXES:
         raise errors.InvalidInput(f'Axis rule ({logical!r}, {mesh_axes!r}) names mesh axis '
-                         f'{axis!r}; the mesh axes are {MESH_AXES}.')
+                                  f'{axis!r}; the mesh axes are {MESH_AXES}.')
 
 
 def _as_tuple(mesh_axes: str | tuple[str, ...] | None) -> tuple[str, ...]:

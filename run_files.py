@@ -125,6 +125,7 @@ def _truncate_after(path: str, step: int) -> None:
 
 class WorkdirLockedError(errors.UserError, RuntimeError):
   """Another run trains in the workdir."""
+  traceback_in_workdir = False  # that run's workdir: nothing written there
 
 
 def _owner_text() -> str:

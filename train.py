@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 
 import checkpointing
 import evaluation
@@ -19,15 +19,15 @@ import parallel
 import run_files
 from configs import validation
 from models import kernels
-from runtime import errors, profiling
-from trainer import Trainer, TrainMetrics
+from runtime import console, errors, profiling
+from trainer import NonFiniteError, Trainer, TrainMetrics
 
 
 def _check_finite(step_metrics: list[TrainMetrics], first_step: int) -> None:
   for i, m in enumerate(step_metrics):
     loss = float(m.loss.compute())
     if not np.isfinite(loss):
-      raise FloatingPointError(
+      raise NonFiniteError(
           f'Training loss became {loss} at step {first_step + i}; stopped. '
           'Lower --config.optimizer.learning_rate or check the input data.')
 
@@ -46,7 +46,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   # The part of the data this process's devices hold (one per process unless
   # the model axis joins devices of several processes).
   shard = parallel.input_shard(mesh, config.axis_rules)
-  dataset = input_pipeline.load(config.data)
+  with console.phase('Reading the dataset'):
+    dataset = input_pipeline.load(config.data)
   config = input_pipeline.with_dataset_classes(config, dataset)
   local_batch = shard.local(config.batch_size)
   steps_per_epoch = dataset.steps_per_epoch(local_batch, shard)
@@ -62,11 +63,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   trainer = Trainer(config, mesh, steps_per_epoch, dataset.mean_image)
   checkpoints = checkpointing.Checkpoints(workdir, config, dataset=dataset.identity())
-  restored = checkpoints.restore_latest(trainer)
+  with console.phase(f'Restoring the latest checkpoint in {checkpoints.directory}'):
+    restored = checkpoints.restore_latest(trainer)
   if restored is not None:
     state, results = restored.state, restored.results
   else:
-    state, results = trainer.init(config.seed), {}
+    with console.phase('Initialising the network'):
+      state, results = trainer.init(config.seed), {}
     if config.init_from:
       state = checkpointing.load_params(config.init_from, trainer, state)
   first_step = int(state.step)
@@ -89,24 +92,24 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       dataset.num_eval_examples, dataset.num_classes, num_steps, config.batch_size, steps_per_epoch,
       first_step, dict(mesh.shape), mesh.size, workdir, run_files.CONFIG)
 
-  writers = [metric_writers.LoggingWriter()]
+  # Every scalar to TensorBoard and metrics.jsonl; the console gets console.py's lines.
+  writers = []
   if jax.process_index() == 0:
     summaries = metric_writers.SummaryWriter(workdir)
     summaries.write_hparams({k: str(v) for k, v in flax.traverse_util.flatten_dict(
         config.to_dict(), sep='.').items()})
     writers += [summaries, run_files.JsonlWriter(workdir, resume_step=first_step)]
   writer = metric_writers.AsyncMultiWriter(writers)
-  # Progress with an ETA at least every tenth of an epoch, and every minute.
-  progress = periodic_actions.ReportProgress(
-      num_train_steps=num_steps, writer=writer, every_secs=60,
-      every_steps=max(1, min(config.log_every_steps, steps_per_epoch // 10)))
+  progress = console.Progress(num_steps, steps_per_epoch, config.console_every_secs)
+  eta = None  # from the end of this session's first step, once compiled
   # The checkpoint's step is also the number of batches consumed.
   train_iter = dataset.train_iterator(batch_size=local_batch, seed=config.seed,
                                       shard=shard, start_step=first_step)
   save_every = config.checkpoint.every_steps
 
   # A resumed run's time adds to the time its checkpoint's results counted.
-  start = time.perf_counter() - results.get('train_seconds', 0.0)
+  session_start = time.perf_counter()
+  start = session_start - results.get('train_seconds', 0.0)
   pending: list[TrainMetrics] = []
   interval_start, data_wait = time.perf_counter(), 0.0
 
@@ -117,13 +120,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       return
     pending = jax.device_get(pending)
     _check_finite(pending, step + 1 - len(pending))
-    interval = time.perf_counter() - interval_start
+    now = time.perf_counter()
+    interval = now - interval_start
     summary = {f'train_{k}': v for k, v in
                functools.reduce(TrainMetrics.merge, pending).compute().items()}
     summary['images_per_sec'] = len(pending) * config.batch_size / interval
+    summary['steps_per_sec'] = len(pending) / interval
     summary['data_wait_fraction'] = data_wait / interval
     summary['skipped_images'] = train_iter.skipped
+    summary['uptime'] = now - session_start
     writer.write_scalars(step, summary)
+    if progress.due(step, now):
+      logging.info('%s', progress.line(step, now, summary, eta))
     pending, interval_start, data_wait = [], time.perf_counter(), 0.0
 
   preempted = waiting_for_data = False
@@ -140,9 +148,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           checkpoints.save(state, results=results, evaluated=False)
         preempted = waiting_for_data = True
         break
-      state, step_metrics = trainer.train_step(state, batch)
+      if eta is None:
+        with console.phase('Compiling the train step'):
+          state, step_metrics = trainer.train_step(state, batch)
+        eta = console.Eta(num_steps, eval_every, step + 1, time.perf_counter())
+      else:
+        state, step_metrics = trainer.train_step(state, batch)
       pending.append(step_metrics)
-      progress(step + 1)
 
       done = step + 1 == num_steps
       evaluate = (step + 1) % eval_every == 0 or done
@@ -155,11 +167,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         log_interval(step + 1)
 
       if evaluate:
-        with progress.timed('eval'):
-          val = evaluation.evaluate(trainer, state, config, dataset)
-          # The paper's test (section 4.1), of the final state only: 10x the work.
-          final = (evaluation.evaluate(trainer, state, config, dataset, ten_crop=True)
-                   if done else None)
+        eval_start = time.perf_counter()
+        val = evaluation.evaluate(trainer, state, config, dataset)
+        eval_seconds = time.perf_counter() - eval_start
+        eta.add_evaluation(eval_seconds)
+        logging.info('%s', console.evaluation(step + 1, (step + 1) / steps_per_epoch,
+                                              val, eval_seconds))
+        # The paper's test (section 4.1), of the final state only: 10x the work.
+        final = (evaluation.evaluate(trainer, state, config, dataset, ten_crop=True)
+                 if done else None)
         state = trainer.after_eval(state, val['top1_error'])
         results = dict(
             val_top1_error=val['top1_error'],

@@ -150,6 +150,7 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
   config.num_train_steps = -1      # > 0 stops earlier (tests, smoke runs)
   config.eval_every_epochs = 1.0
   config.log_every_steps = 100
+  config.console_every_secs = 10.0  # at most one progress line this often; 0: every report
 
   # Orbax checkpoints in <workdir>/checkpoints, also saved at the end of each
   # epoch, after each evaluation and on SIGTERM; rerunning resumes the latest.

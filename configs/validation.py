@@ -60,6 +60,7 @@ RULES: dict[str, Check] = {
                         '-1 (num_epochs decides) or an integer >= 1'),
     'eval_every_epochs': _positive(),
     'log_every_steps': _int(1),
+    'console_every_secs': _between(0, float('inf')),
     'data.resize_size': _int(1),
     'data.image_size': _int(1),
     'data.val_fraction': _between(0, 1),

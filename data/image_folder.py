@@ -72,8 +72,8 @@ class ImageFolder:
   def _split(self, split: str) -> Split:
     if split not in self.splits:
       raise errors.InvalidInput(f'The image folder has splits {sorted(self.splits)}, '
-                       f'not {split!r}; set --config.data.train_split / '
-                       'eval_split accordingly.')
+                                f'not {split!r}; set --config.data.train_split / '
+                                'eval_split accordingly.')
     return self.splits[split]
 
   def load(self, path: tf.Tensor) -> tf.Tensor:
@@ -166,7 +166,7 @@ def validation_dir(root: str) -> str | None:
 def check_folder(root: str) -> None:
   if not os.path.isdir(root):
     raise errors.NotFound(f'Image folder {root!r} does not exist; set '
-                            '--config.data.image_folder to a directory.')
+                          '--config.data.image_folder to a directory.')
 
 
 def scan(root: str, *, val_fraction: float = 0.0,
@@ -182,8 +182,8 @@ def scan(root: str, *, val_fraction: float = 0.0,
                 'validation': images_by_class(root, val_dir)}
   elif has_train or val_dir:
     raise errors.InvalidInput(f'{root!r} has one of train/ and validation/ but not the '
-                     'other; add the missing one, or put the class folders '
-                     'directly under the root and set data.val_fraction.')
+                              'other; add the missing one, or put the class folders '
+                              'directly under the root and set data.val_fraction.')
   else:
     if not folders(root):
       raise errors.InvalidInput(
@@ -219,6 +219,6 @@ def scan(root: str, *, val_fraction: float = 0.0,
              for path, size in found]
     if not files:
       raise errors.InvalidInput(f'The {split} split of {root!r} holds no images '
-                       f'(extensions {", ".join(_EXTENSIONS)}).')
+                                f'(extensions {", ".join(_EXTENSIONS)}).')
     splits[split] = make_split(files)
   return ImageFolder(root=root, class_names=class_names, splits=splits)

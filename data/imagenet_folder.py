@@ -75,7 +75,7 @@ def _kaggle_labels(path: str) -> dict[str, str]:
     reader = csv.DictReader(f)
     if reader.fieldnames is None or not {'ImageId', 'PredictionString'} <= set(reader.fieldnames):
       raise errors.InvalidInput(f'{path} has no ImageId and PredictionString columns, so it '
-                       "is not Kaggle's ImageNet validation solution file.")
+                                "is not Kaggle's ImageNet validation solution file.")
     for line, row in enumerate(reader, start=2):
       words = (row['PredictionString'] or '').split()
       if not words:
@@ -103,13 +103,13 @@ def _devkit_labels(path: str, names: tuple[str, ...]) -> dict[str, str]:
     match = _VAL_NAME.match(name)
     if match is None:
       raise errors.InvalidInput(f'{name} is not named ILSVRC2012_val_<8 digits>.JPEG, so '
-                       f'{path} (labels by file number) cannot label it.')
+                                f'{path} (labels by file number) cannot label it.')
     number = int(match.group(1))
     if number > len(ids):
       continue  # reported as unlabelled
     if not ids[number - 1].isdigit() or int(ids[number - 1]) not in wnid:
       raise errors.InvalidInput(f'{path}, line {number}: {ids[number - 1]!r} is not an '
-                       f'ILSVRC2012_ID of {meta_path}.')
+                                f'ILSVRC2012_ID of {meta_path}.')
     labels[os.path.splitext(name)[0]] = wnid[int(ids[number - 1])]
   return labels
 
@@ -143,7 +143,7 @@ def _flat(root: str, val_dir: str) -> list[tuple[str, int, int]]:
   unknown = sorted({s for s in labels.values() if s not in index})
   if unknown:
     raise errors.InvalidInput(f'{path} names synsets that are not ImageNet\'s 1000: '
-                     f'{", ".join(unknown[:5])}.')
+                              f'{", ".join(unknown[:5])}.')
   missing = [n for n in files.names if os.path.splitext(n)[0] not in labels]
   if missing:
     raise errors.InvalidInput(
@@ -158,13 +158,13 @@ def scan(root: str) -> image_folder.ImageFolder:
   """Lists ROOT's training and validation images (see the module docstring)."""
   if not os.path.isdir(root):
     raise errors.NotFound(f'ImageNet folder {root!r} does not exist; set '
-                            '--config.data.imagenet_folder to the folder that '
-                            'holds train/ and val/.')
+                          '--config.data.imagenet_folder to the folder that '
+                          'holds train/ and val/.')
   val_dir = image_folder.validation_dir(root)
   if not os.path.isdir(os.path.join(root, 'train')) or val_dir is None:
     raise errors.InvalidInput(f'ImageNet folder {root!r} needs train/ and val/ (or '
-                     'validation/); it has '
-                     f'{sorted(image_folder.folders(root)) or "no folders"}.')
+                              'validation/); it has '
+                              f'{sorted(image_folder.folders(root)) or "no folders"}.')
   train = _by_synset(root, 'train')
   validation = (_by_synset(root, val_dir)
                 if image_folder.folders(os.path.join(root, val_dir))
@@ -172,7 +172,7 @@ def scan(root: str) -> image_folder.ImageFolder:
   for split, files in (('train', train), ('validation', validation)):
     if not files:
       raise errors.InvalidInput(f'The {split} split of ImageNet folder {root!r} holds no '
-                       f'images (extensions {", ".join(listing.EXTENSIONS)}).')
+                                f'images (extensions {", ".join(listing.EXTENSIONS)}).')
   trained = len(np.unique([label for _, _, label in train]))
   if trained < len(synsets()):
     logging.info('%d of ImageNet\'s %d classes have training images in %s.',

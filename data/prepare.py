@@ -30,7 +30,7 @@ def prepare(data: ml_collections.ConfigDict) -> str:
   """Writes data.prepared_dir from the configured source; returns a summary."""
   if not data.prepared_dir:
     raise errors.InvalidInput('Set --config.data.prepared_dir=DIR: where --mode=prepare '
-                     'writes, and where training then reads.')
+                              'writes, and where training then reads.')
   if os.path.exists(data.prepared_dir):
     raise FileExistsError(f'{data.prepared_dir!r} exists; delete it to '
                           'prepare again, or train from it as it is.')

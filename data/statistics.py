@@ -151,7 +151,7 @@ def _read(path: str) -> dict[str, np.ndarray]:
       raise errors.InvalidInput(f'its {key} is not {shape} finite numbers')
   if 'digest' in stats and stats['digest'].item() != _arrays_digest(stats):
     raise errors.InvalidInput('its arrays do not match the digest written with them '
-                     '(edited or damaged)')
+                              '(edited or damaged)')
   return stats
 
 
@@ -166,7 +166,7 @@ def load_stats(path: str) -> dict[str, np.ndarray]:
     return _read(path)
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise errors.InvalidInput(f'Stats file {path!r} is unreadable ({e}); rewrite it '
-                     'with --mode=stats.') from e
+                              'with --mode=stats.') from e
 
 
 def _any_process(flag: bool) -> bool:
@@ -320,7 +320,7 @@ def compute(data: ml_collections.ConfigDict,
   count = int(count[0])
   if not count:
     raise errors.InvalidInput(f'The {data.train_split!r} split of '
-                     f'{source.name!r} yielded no images.')
+                              f'{source.name!r} yielded no images.')
   num_pixels = count * size * size
   mean = pixel_sum / num_pixels
   covariance = outer_sum.reshape(3, 3) / num_pixels - np.outer(mean, mean)

@@ -26,6 +26,8 @@ ERROR_LOG = 'error.log'
 
 class UserError(Exception):
   """Base of the errors in what the user gave; the message names the remedy."""
+  # False where the workdir is not this run's to write in (another run's).
+  traceback_in_workdir = True
 
 
 class InvalidInput(UserError, ValueError):
@@ -43,11 +45,11 @@ class Skipped:
   count: int
 
 
-def write_traceback(error: BaseException, workdir: str | None) -> str:
+def write_traceback(error: UserError, workdir: str | None) -> str:
   """Writes `error`'s traceback to WORKDIR/error.log, or to a temporary file
-  when there is no workdir yet; returns the file's path."""
+  when there is no workdir yet (or it is not this run's); returns the path."""
   text = ''.join(traceback.format_exception(error))
-  if workdir and os.path.isdir(workdir):
+  if workdir and os.path.isdir(workdir) and error.traceback_in_workdir:
     path = os.path.join(workdir, ERROR_LOG)
     with open(path, 'w') as f:
       f.write(text)

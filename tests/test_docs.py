@@ -107,6 +107,40 @@ def test_files_named_in_the_docs_exist(doc):
   assert not missing, f'{doc} names files that are not in the repository: {missing}'
 
 
+def _slug(heading: str) -> str:
+  """GitHub's anchor for a heading: lower case, punctuation but - and _
+  dropped, spaces as hyphens."""
+  return re.sub(r'[^\w\- ]', '', heading.strip().lower()).replace(' ', '-')
+
+
+def _anchors(doc: str) -> set[str]:
+  """The anchors of a document's headings (not of # lines in code blocks);
+  a repeated heading's get -1, -2, ... as on GitHub."""
+  text = re.sub(r'```.*?```', '', _read(doc), flags=re.DOTALL)
+  anchors, seen = set(), {}
+  for heading in re.findall(r'^#{1,6} +(.+?)#*$', text, re.MULTILINE):
+    slug = _slug(heading)
+    anchors.add(slug if slug not in seen else f'{slug}-{seen[slug]}')
+    seen[slug] = seen.get(slug, 0) + 1
+  return anchors
+
+
+def test_slug_follows_githubs_rules():
+  assert _slug("The paper's preprocessing") == 'the-papers-preprocessing'
+  assert _slug('Order, shards and resumption') == 'order-shards-and-resumption'
+  assert _slug('data_wait and `img/s`') == 'data_wait-and-imgs'
+
+
+@pytest.mark.parametrize('doc', DOCS)
+def test_anchors_in_links_are_headings(doc):
+  here = os.path.dirname(doc)
+  broken = [f'{target}#{anchor}' for target, anchor in re.findall(
+      r'\]\(([^)#:\s]*)#([^)\s]+)\)', _read(doc))
+            if anchor not in _anchors(os.path.normpath(os.path.join(here, target))
+                                      if target else doc)]
+  assert not broken, f'{doc} links to headings that do not exist: {broken}'
+
+
 def _as_json(value):
   return json.loads(json.dumps(value))  # tuples and lists alike
 

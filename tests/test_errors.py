@@ -163,6 +163,13 @@ def test_describe_keeps_a_user_errors_traceback_in_the_workdir(tmp_path, caplog)
   assert not caplog.records
 
 
+def test_a_workdir_in_use_gets_no_traceback_file(tmp_path):
+  error = run_files.WorkdirLockedError('in use by another run')
+  path = errors.write_traceback(error, str(tmp_path))
+  assert not path.startswith(str(tmp_path)) and list(tmp_path.iterdir()) == []
+  os.remove(path)
+
+
 def test_describe_logs_a_bugs_traceback(tmp_path, caplog):
   try:
     raise KeyError('a bug')

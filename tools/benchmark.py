@@ -244,19 +244,19 @@ def report(config: ml_collections.ConfigDict) -> str:
   bench = config.benchmark
   if bench.torch not in ('off', *TORCH_MODES):
     raise errors.InvalidInput(f'benchmark.torch={bench.torch!r}: use one of off, '
-                     f'{", ".join(TORCH_MODES)}.')
+                              f'{", ".join(TORCH_MODES)}.')
   torch_version = None
   if bench.torch != 'off':
     try:
       torch_version = importlib.metadata.version('torch')
     except importlib.metadata.PackageNotFoundError:
       raise errors.InvalidInput('PyTorch is not installed: pip install -r '
-                       'requirements-torch.txt, or pass --config.benchmark.torch=off '
-                       'to measure JAX alone.') from None
+                                'requirements-torch.txt, or pass --config.benchmark.torch=off '
+                                'to measure JAX alone.') from None
   names = [a.strip() for a in bench.architectures.split(',') if a.strip()]
   if unknown := [a for a in names if a not in ARCHITECTURES]:
     raise errors.InvalidInput(f'benchmark.architectures names {unknown}; known: '
-                     f'{", ".join(ARCHITECTURES)}.')
+                              f'{", ".join(ARCHITECTURES)}.')
   results, flops, first = [], {}, None
   for arch in names:
     logging.info('Measuring %s (%d of %d).', arch, names.index(arch) + 1, len(names))

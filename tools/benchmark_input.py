@@ -149,7 +149,7 @@ def _encoded_training_images(dataset: input_pipeline.Dataset,
   images = list(ds.map(lambda ex: source.load(ex['image'])).as_numpy_iterator())
   if len(images) < count:
     raise errors.InvalidInput(f'The benchmark needs {count} training images; '
-                     f'{data.train_split!r} has {len(images)}.')
+                              f'{data.train_split!r} has {len(images)}.')
   return images
 
 

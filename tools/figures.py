@@ -115,7 +115,7 @@ def training_features(chosen: evaluation.Chosen,
     labels[batch.index] = batch.values['label']
   if features is None:
     raise errors.InvalidInput(f'No training image of {source.name!r} '
-                     'could be decoded.')
+                              'could be decoded.')
   features.flush()
   del features
   os.replace(base + '.npy.tmp', base + '.npy')

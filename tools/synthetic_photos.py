@@ -1,6 +1,6 @@
 """Synthetic ImageNet-like photographs, as an image folder to benchmark on.
 
-  python -m tools.synthetic_photos DIR [--num_images=2048]
+  python -m tools.synthetic_photos DIR [--num_images=2048] [--num_classes=4]
 
 writes 500x375 JPEGs of smooth shading, shapes with edges and fine texture
 to DIR/train/class<k>/ and a tenth as many to DIR/validation/class<k>/.
@@ -54,5 +54,6 @@ if __name__ == '__main__':
   parser = argparse.ArgumentParser(description=make_folder.__doc__)
   parser.add_argument('root')
   parser.add_argument('--num_images', type=int, default=2048)
+  parser.add_argument('--num_classes', type=int, default=4)
   args = parser.parse_args()
-  make_folder(args.root, args.num_images)
+  make_folder(args.root, args.num_images, num_classes=args.num_classes)
