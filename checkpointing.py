@@ -24,10 +24,11 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import flax
 import jax
@@ -254,6 +255,28 @@ def finish_saves() -> None:
       checkpoints.wait_until_finished()
     except Exception:  # noqa: BLE001  (the error that stops the run is reported)
       pass
+
+
+def exit_with_error(message: str) -> NoReturn:
+  """Ends the process with `message` as stderr's last lines, at column 0,
+  and status 1, once the saves begun are finished.
+
+  orbax's and tensorstore's threads may still print then (after a failed
+  save, tracebacks of callbacks into closed event loops, a piece at a
+  time), into the middle of those lines or after them: stderr is handed to
+  /dev/null first, and the message written to a copy of it, after a
+  newline that ends any line left unfinished.
+  """
+  finish_saves()
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  stderr = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  with os.fdopen(stderr, 'w') as f:
+    f.write(f'\n{message}\n')
+  os._exit(1)
 
 
 class Checkpoints:

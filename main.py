@@ -118,14 +118,10 @@ def main(argv):
   try:
     output = mode.run(FLAGS.config, FLAGS.workdir)
   except Exception as e:  # noqa: BLE001
-    # The traceback for a bug report, then what went wrong as the last lines;
-    # then exit at once, so that no library's background thread prints after.
+    # The traceback for a bug report, then what went wrong as the last lines,
+    # which no library's background thread can print into or after.
     logging.exception('--mode=%s failed.', FLAGS.mode)
-    checkpointing.finish_saves()
-    logging.flush()
-    print(f'Error: {e}', file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(1)
+    checkpointing.exit_with_error(f'Error: {e}')
   if isinstance(output, str):
     print(output)
 

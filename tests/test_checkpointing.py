@@ -493,6 +493,61 @@ def test_a_full_disk_is_named_in_the_last_lines(uninterrupted, tmp_path, command
   assert not any('Traceback' in line for line in lines[error:])  # nothing after it
 
 
+# A mode that fails while a library thread prints, as tensorstore's callbacks
+# into orbax's closed event loops do after a failed save (tracebacks through
+# sys.unraisablehook, a piece at a time): its lines begin once the run's own
+# traceback is logged, and one is nearly always unfinished.
+_CHATTER_THEN_FAIL = """
+import logging, sys, threading, time
+import main
+
+failed = threading.Event()
+
+class Cue(logging.Handler):
+  def emit(self, record):
+    if record.levelno >= logging.ERROR:
+      failed.set()
+      time.sleep(0.1)  # the library thread's turn
+
+def chatter():
+  failed.wait()
+  while True:
+    sys.stderr.write('Traceback (most recent call last):\\n    ')
+    sys.stderr.flush()
+    time.sleep(0.01)
+    sys.stderr.write("raise RuntimeError('Event loop is closed')\\n")
+
+def fail(config, workdir):
+  logging.getLogger().addHandler(Cue())
+  threading.Thread(target=chatter, daemon=True).start()
+  raise OSError('No space left on device\\nFree disk space.')
+
+main.MODES['summary'] = main.Mode(fail, help='fails')
+main.app.run(main.main, flags_parser=main.parse_flags)
+"""
+
+
+def test_the_error_is_the_last_lines_whatever_other_threads_print():
+  result = subprocess.run(
+      [sys.executable, '-c', _CHATTER_THEN_FAIL, '--config=configs/demo.py:size=tiny',
+       '--mode=summary'], cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert result.stderr.splitlines()[-2:] == [
+      'Error: No space left on device', 'Free disk space.'], result.stderr[-3000:]
+
+
+def test_a_full_disk_at_results_json_says_how_much_is_free_and_what_to_do(tmp_path):
+  # /dev/full takes the write of the results' temporary file: ENOSPC.
+  os.symlink('/dev/full', tmp_path / 'results.json.tmp')
+  with pytest.raises(run_files.DiskFullError, match=(
+      rf'Could not write {tmp_path}/results.json: No space left on device; '
+      rf'[\d,.]+ MiB are free on the file system of {tmp_path}. Free disk space, '
+      'then run the same command to resume from the last checkpoint.')):
+    run_files.write_results(str(tmp_path), {'val_top1_error': 0.5, 'note': 'x' * 10000})
+  assert not os.listdir(tmp_path)  # nor is a temporary file left
+
+
 def test_no_room_for_one_checkpoint_stops_at_start(one_device, tmp_path, monkeypatch):
   _, _, state = one_device
   usage = shutil.disk_usage(tmp_path)._replace(free=1000)
