@@ -75,6 +75,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         f'The checkpoint in {checkpoints.directory} is at step {first_step}, past '
         f'this run\'s {num_steps} steps; raise --config.num_epochs or '
         '--config.num_train_steps, or start a new --workdir.')
+  if restored is not None and first_step < num_steps:
+    # The final state's 10-crop test is this run's to earn again: one that
+    # stops early must not look finished with an earlier run's numbers.
+    results = {k: v for k, v in results.items() if not k.endswith('_10crop')}
+    if jax.process_index() == 0:
+      run_files.write_results(workdir, results)
   if jax.process_index() == 0:
     run_files.write_config(workdir, config)
   params = sum(x.size for x in jax.tree.leaves(state.params))

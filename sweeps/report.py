@@ -1,7 +1,8 @@
 """A sweep's report: errors per point over seeds, the claims, two figures.
 
 Written by python -m sweeps into the sweep's workdir, from the runs that have
-finished (their results.json holds the final 10-crop errors):
+finished (sweeps.runs.finished: the final 10-crop errors, under the run's
+own flags):
 
   report.md    per point: 10-crop and centre-crop top-1 / top-5 error, mean and
                standard deviation over seeds, parameters, forward FLOPs per
@@ -35,6 +36,7 @@ import run_files
 from configs import command_line
 from configs.sweeps import Claim, Sweep
 from models import AlexNet
+from sweeps import runs as sweep_runs
 from sweeps.runs import Run, final_results
 from tools import summary
 
@@ -209,10 +211,10 @@ def _collect(runs: Sequence[Run]):
   curves: dict[str, list] = {}
   missing = []
   for run in runs:
-    results = final_results(run.workdir)
-    if results is None:
+    if not sweep_runs.finished(run):
       missing.append(run)
       continue
+    results = final_results(run.workdir)
     finished.setdefault(run.point.label, {})[run.seed] = {
         **results, 'images_per_sec': train_images_per_sec(run.workdir)}
     curves.setdefault(run.point.label, []).append(validation_curve(run.workdir))

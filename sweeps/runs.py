@@ -6,7 +6,8 @@ the base config (--config, or the sweep's) plus the point's variants and
 overrides, --config.seed and the flags after `--`. Runs go seed by seed,
 every point of a seed before the next seed, so an interrupted sweep leaves
 complete pairs. A run is finished when its results.json holds the final
-10-crop errors under the same flags (run.json).
+10-crop errors and run.json, recorded after it ended with them, the same
+flags (`finished`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib.util
 import json
 import os
 import shlex
+import sys
 from typing import Any
 
 import run_files
@@ -122,13 +124,33 @@ def final_results(workdir: str) -> dict[str, Any] | None:
 
 
 
-def finished(run: Run) -> bool:
-  """Whether `run` reached its final step with these flags."""
+def _finished(workdir: str, args: list[str]) -> bool:
   try:
-    with open(os.path.join(run.workdir, RUN_FILE)) as f:
+    with open(os.path.join(workdir, RUN_FILE)) as f:
       recorded = json.load(f)['args']
-  except (FileNotFoundError, json.JSONDecodeError, KeyError):
+  except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
     return False
-  return recorded == run.args and final_results(run.workdir) is not None
+  return recorded == args and final_results(workdir) is not None
 
 
+def finished(run: Run) -> bool:
+  """Whether `run` reached its final step with these flags: its results.json
+  holds the final 10-crop errors (which a resumed run drops until it earns
+  them again) and run.json, recorded after main.py ended with them, the
+  same flags."""
+  return _finished(run.workdir, run.args)
+
+
+def record(workdir: str, args: list[str]) -> bool:
+  """After main.py `args` exited 0 in `workdir`: records its flags in
+  run.json if it reached its final step; returns whether it is finished."""
+  if final_results(workdir) is not None:
+    with run_files.atomic_write(os.path.join(workdir, RUN_FILE)) as f:
+      json.dump({'args': args}, f, indent=2)
+  return _finished(workdir, args)
+
+
+if __name__ == '__main__':
+  # python -m sweeps.runs WORKDIR MAIN_ARGS...: `record`, for the SLURM
+  # script, after the run exited 0; status 1 if it has not finished.
+  sys.exit(0 if record(sys.argv[1], sys.argv[2:]) else 1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shlex
 
-from sweeps.runs import FINAL_KEY, MAIN, Run
+from sweeps.runs import MAIN, Run
 
 
 def slurm_script(runs: list[Run], workdir: str, name: str, options: list[str]) -> str:
@@ -48,8 +48,9 @@ def slurm_script(runs: list[Run], workdir: str, name: str, options: list[str]) -
       'trap \'kill -TERM "$pid" 2>/dev/null\' TERM',
       'wait "$pid"; status=$?',
       'while kill -0 "$pid" 2>/dev/null; do wait "$pid"; status=$?; done',
-      f'if [ "$status" -eq 0 ] && ! grep -q \'"{FINAL_KEY}"\' '
-      '"$workdir/results.json" 2>/dev/null; then',
+      '# The sweep\'s own test of a finished run (sweeps/runs.py: record).',
+      f'if [ "$status" -eq 0 ] && ! PYTHONPATH={shlex.quote(os.path.dirname(MAIN))}'
+      '${PYTHONPATH:+:$PYTHONPATH} "$python" -m sweeps.runs "$workdir" "${args[@]}"; then',
       '  echo "Run $SLURM_ARRAY_TASK_ID stopped before its end; it resumes when run again." >&2',
       '  if command -v scontrol >/dev/null; then',
       '    scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',

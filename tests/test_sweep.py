@@ -65,6 +65,12 @@ def _results(workdir, run):
     return json.load(f)
 
 
+def _metrics(run_dir):
+  path = run_dir / 'metrics.jsonl'
+  return [json.loads(line) for line in path.read_text().splitlines()
+          if line.endswith('}')] if path.exists() else []
+
+
 def _csv(path):
   with open(path) as f:
     return list(csv.DictReader(f))
@@ -247,3 +253,59 @@ def test_bad_point_fails_before_any_training(tmp_path, data_dir, point, message)
   assert error.endswith('No run was started.')
   assert 'Traceback' not in result.stderr
   assert not workdir.exists()
+
+
+ONE_RUN_SWEEP = '''
+from configs.sweeps import Point, Sweep
+
+
+def get_sweep(arg=None):
+  return Sweep(points=(Point(),), seeds=(0,))
+'''
+
+
+def test_a_run_stopped_under_new_flags_is_not_finished_with_its_old_numbers(
+    tmp_path, data_dir):
+  (tmp_path / 'one.py').write_text(ONE_RUN_SWEEP)
+  workdir, run = tmp_path / 'sweep', tmp_path / 'sweep' / 'baseline' / 'seed=0'
+
+  def args(*extra):
+    return [sys.executable, '-m', 'sweeps', f'--sweep={tmp_path / "one.py"}',
+            '--config=configs/demo.py:size=tiny', f'--workdir={workdir}', '--',
+            f'--config.data.data_dir={data_dir}', '--config.batch_size=16',
+            '--config.eval_batch_size=32', *extra]
+
+  short = _sweep(*args('--config.num_train_steps=2'))
+  assert short.returncode == 0, short.stderr[-3000:]
+  assert sweep_runs.FINAL_KEY in _results(workdir, 'baseline/seed=0')
+  recorded = (run / 'run.json').read_text()
+
+  # The same run, longer, stopped by SIGTERM once it trains past step 2.
+  longer = args('--config.num_train_steps=1000', '--config.eval_every_epochs=100',
+                '--config.log_every_steps=1')
+  with open(tmp_path / 'longer.log', 'w') as log:
+    process = subprocess.Popen(longer, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                               env=_env())
+    deadline = time.time() + 300
+    while not any(r['step'] > 2 for r in _metrics(run)):
+      assert process.poll() is None, (tmp_path / 'longer.log').read_text()[-3000:]
+      assert time.time() < deadline
+      time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) == 0, (tmp_path / 'longer.log').read_text()[-3000:]
+  results = _results(workdir, 'baseline/seed=0')
+  saved = [int(d) for d in os.listdir(run / 'checkpoints') if d.isdigit()]
+  assert 2 < max(saved) < 1000
+  assert not any(k.endswith('_10crop') for k in results), results
+  assert (run / 'run.json').read_text() == recorded  # the old flags' record
+
+  planned, = sweep_runs.plan(sweep_runs.load_sweep(str(tmp_path / 'one.py')),
+                             'configs/demo.py:size=tiny', str(workdir), longer[7:])
+  assert not sweep_runs.finished(planned)
+  # The SLURM script's test says the same: not finished, so it requeues.
+  check = subprocess.run([sys.executable, '-m', 'sweeps.runs', planned.workdir,
+                          *planned.args], cwd=REPO, env=_env(), capture_output=True)
+  assert check.returncode == 1, check.stderr[-3000:]
+  report = _sweep(*longer[:6], '--report', *longer[6:])
+  assert report.returncode == 0, report.stderr[-3000:]
+  assert '# Sweep report: 0 of 1 runs finished' in (workdir / 'report.md').read_text()
