@@ -76,12 +76,30 @@ def with_variants(config: str, variants: str) -> str:
   return f'{config},{variants}' if ':' in config else f'{config}:{variants}'
 
 
+def _folder(label: str) -> str:
+  """A point's sub-workdir name."""
+  return label.replace(os.sep, '_')
+
+
 def plan(sweep: Sweep, config: str, workdir: str, extra: list[str]) -> list[Run]:
   """Every run of `sweep` on base `config`, seed by seed, with `extra` flags."""
   labels = [p.label for p in sweep.points]
   if len(set(labels)) < len(labels) or not labels or not sweep.seeds:
     raise SweepError(f'A sweep needs seeds and points with distinct names; this one '
                      f'has seeds {list(sweep.seeds)} and points {labels}.')
+  if len(set(sweep.seeds)) < len(sweep.seeds):
+    raise SweepError(f'The seeds {list(sweep.seeds)} repeat one: each seed is a '
+                     'pair of runs to compare, so each must be distinct.')
+  folders: dict[str, str] = {}
+  for label in labels:
+    other = folders.setdefault(_folder(label), label)
+    if other != label:
+      raise SweepError(f'Points {other!r} and {label!r} would share the sub-workdir '
+                       f'{_folder(label)!r}; give one another name (Point(name=...)).')
+  for point in sweep.points:
+    if 'seed' in point.overrides:
+      raise SweepError(f'Point {point.label!r} overrides seed: the sweep sets '
+                       '--config.seed from its seeds; take it out of the overrides.')
   for claim in sweep.claims:
     for name in (claim.changed, claim.reference):
       if name not in labels:
@@ -91,8 +109,7 @@ def plan(sweep: Sweep, config: str, workdir: str, extra: list[str]) -> list[Run]
     if not arg.startswith('--config.') or arg.startswith('--config.seed='):
       raise SweepError(f'{arg} after `--`: only --config.KEY=VALUE flags apply to '
                        'every run, and the sweep sets --config.seed.')
-  return [Run(point, seed,
-              os.path.join(workdir, point.label.replace(os.sep, '_'), f'seed={seed}'),
+  return [Run(point, seed, os.path.join(workdir, _folder(point.label), f'seed={seed}'),
               (f'--config={with_variants(config, point.variants)}',
                f'--config.seed={seed}', *extra,
                *(f'--config.{k}={v}' for k, v in point.overrides.items())))

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from configs.sweeps import Claim
+from configs.sweeps import Claim, Point, Sweep
 from sweeps import report as sweep_report, runs as sweep_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -309,3 +309,14 @@ def test_a_run_stopped_under_new_flags_is_not_finished_with_its_old_numbers(
   report = _sweep(*longer[:6], '--report', *longer[6:])
   assert report.returncode == 0, report.stderr[-3000:]
   assert '# Sweep report: 0 of 1 runs finished' in (workdir / 'report.md').read_text()
+
+
+@pytest.mark.parametrize('points, seeds, message', [
+    ((Point(), Point(overrides={'seed': 7})), (0, 1, 2),
+     "Point 'seed=7' overrides seed: the sweep sets --config.seed"),
+    ((Point(name='a/b'), Point(name='a_b')), (0,),
+     "Points 'a/b' and 'a_b' would share the sub-workdir 'a_b'"),
+    ((Point(),), (0, 1, 0), r'The seeds \[0, 1, 0\] repeat one')])
+def test_a_sweep_that_would_run_one_run_as_two_is_refused(points, seeds, message):
+  with pytest.raises(sweep_runs.SweepError, match=message):
+    sweep_runs.plan(Sweep(points=points, seeds=seeds), 'configs/demo.py', 'w', [])
