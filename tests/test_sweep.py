@@ -2,6 +2,7 @@
 against results.json; commands, the SLURM array; bad points; the statistics."""
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -103,14 +104,47 @@ def test_claim_rows_say_sign_and_whether_the_paper_lies_inside():
              for s in range(3)},
       'off': {s: {'val_top1_error_10crop': 0.1 + (s + 1) / 100,
                   'val_top5_error_10crop': 0.01 + (5 + s / 10) / 100} for s in range(3)}}
-  row, = sweep_report.claim_rows([claim], finished)
+  row, = sweep_report.claim_rows([claim], (0, 1, 2), finished)
   assert row['seeds'] == 3
   assert row['top1_effect'] == pytest.approx(2.0)
   assert (row['top1_same_sign'], row['top1_paper_inside']) == ('yes', 'yes')
   assert row['top5_effect'] == pytest.approx(5.1)
   assert (row['top5_same_sign'], row['top5_paper_inside']) == ('no', 'no')
-  missing, = sweep_report.claim_rows([claim], {'on': finished['on']})
+  missing, = sweep_report.claim_rows([claim], (0, 1, 2), {'on': finished['on']})
   assert missing['seeds'] == 0 and missing['top1_same_sign'] == 'n/a'
+
+
+def test_missing_single_and_degenerate_effects_say_so():
+  claim = Claim('LRN', '3.3', changed='off', reference='on', top1=1.4, top5=1.2)
+  on = {s: {'val_top1_error_10crop': 0.1, 'val_top5_error_10crop': 0.01} for s in range(3)}
+  # Seed 0 alone finished 'off'; top-5 rises by the same 1 point on every seed.
+  same = {s: {'val_top1_error_10crop': 0.1 + s / 100, 'val_top5_error_10crop': 0.02}
+          for s in range(3)}
+  none, one, degenerate = sweep_report.claim_rows(
+      [claim, dataclasses.replace(claim, changed='one'),
+       dataclasses.replace(claim, changed='same')], (0, 1, 2),
+      {'on': on, 'one': {0: same[0]}, 'same': same})
+  assert (none['seeds'], none['top1_note'], none['top1_same_sign'],
+          none['top1_paper_inside']) == (0, 'no pairs', 'n/a', 'n/a')
+  assert none['dropped_pairs'] == 3
+  assert none['dropped'].startswith('seed 0 (off not finished); seed 1')
+  assert (one['seeds'], one['top1_note'], one['top1_same_sign'],
+          one['top1_paper_inside']) == (1, 'one pair: no interval', 'no', 'n/a')
+  assert (one['dropped_pairs'], one['dropped']) == (
+      2, 'seed 1 (one not finished); seed 2 (one not finished)')
+  assert degenerate['top5_low'] == degenerate['top5_high'] == pytest.approx(1.0)
+  assert degenerate['top5_note'] == 'degenerate: every pair differs by the same'
+  assert degenerate['top1_note'] == '' and degenerate['dropped_pairs'] == 0
+
+  no_bar, one_bar, degenerate_bar = sweep_report.effect_bars([none, one, degenerate], 'top1')
+  assert no_bar.height is None and no_bar.note == 'no pairs'  # not a bar of 0
+  assert one_bar.height == pytest.approx(0.0) and one_bar.error is None
+  half = 4.303 / math.sqrt(3)  # differences 0, 1, 2: sd 1
+  assert degenerate_bar.error == pytest.approx((half, half), abs=1e-3)
+  report = sweep_report._markdown([], [none, one, degenerate], [], 6, 'python -m sweeps', 'today')
+  assert '| LRN | 3.3 | off vs on | 0 | 3: seed 0 (off not finished);' in report
+  assert 'n/a (no pairs) | +1.4 | n/a | n/a |' in report
+  assert '+1.00 [+1.00, +1.00] (degenerate: every pair differs by the same)' in report
 
 
 def test_tiny_sweep_interrupted_resumed_and_reported(tmp_path, data_dir):
