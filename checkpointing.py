@@ -211,6 +211,7 @@ class Restored:
   state: TrainState
   step: int                   # also the training batches consumed
   results: dict[str, Any]     # the latest validation results, or {}
+  progress: dict[str, Any] = dataclasses.field(default_factory=dict)  # save's
 
 
 def _flat(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
@@ -312,11 +313,12 @@ class Checkpoints:
   # --- saving -----------------------------------------------------------
 
   def save(self, state: TrainState, *, results: dict[str, Any],
-           evaluated: bool) -> None:
+           evaluated: bool, progress: dict[str, Any] | None = None) -> None:
     """Saves `state` at its step; in the background if configured so.
 
     `evaluated`: `results` are from an evaluation at this step, so this
-    checkpoint competes for best. A state with a NaN or an infinity is not
+    checkpoint competes for best. `progress`: the training loop's own
+    bookkeeping to resume with (JSON), Restored.progress. A state with a NaN or an infinity is not
     saved (NonFiniteError).
     """
     step = int(state.step)
@@ -328,7 +330,8 @@ class Checkpoints:
           f'before it in {self.directory} are kept. Train in a new --workdir '
           'with a lower --config.optimizer.learning_rate (--config.init_from='
           '<this workdir> starts from the last checkpoint\'s parameters).')
-    meta = dict(results=results, digests=digests(state), dataset=self._dataset)
+    meta = dict(results=results, digests=digests(state), dataset=self._dataset,
+                progress=progress or {})
     try:
       self._manager.save(
           step,
@@ -426,7 +429,8 @@ class Checkpoints:
     _check_digests(state, saved['meta'].get('digests'),
                    f'Checkpoint {step} in {self.directory}')
     logging.info('Restored checkpoint %d from %s.', step, self.directory)
-    return Restored(state=state, step=step, results=saved['meta']['results'])
+    return Restored(state=state, step=step, results=saved['meta']['results'],
+                    progress=saved['meta'].get('progress') or {})
 
   def _set_aside(self, step: int) -> None:
     if jax.process_index() == 0:

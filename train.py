@@ -32,6 +32,23 @@ def _check_finite(step_metrics: list[TrainMetrics], first_step: int) -> None:
           'Lower --config.optimizer.learning_rate or check the input data.')
 
 
+def _carry(pending: list[TrainMetrics]) -> list[float] | None:
+  """Training metrics not yet logged, merged, as JSON numbers."""
+  if not pending:
+    return None
+  merged = functools.reduce(TrainMetrics.merge, jax.device_get(pending))
+  return [float(x) for x in jax.tree.leaves(merged)]
+
+
+def _uncarry(values: list[float] | None) -> list[TrainMetrics]:
+  """_carry's metrics back, exactly (float32 and int32 survive JSON)."""
+  if not values:
+    return []
+  template = jax.tree.leaves(TrainMetrics.empty())
+  return [jax.tree.unflatten(jax.tree.structure(TrainMetrics.empty()), [
+      np.asarray(v, t.dtype) for v, t in zip(values, template)])]
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming its latest checkpoint; returns
   the final validation results. Another run in the workdir is refused."""
@@ -61,9 +78,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   checkpoints = checkpointing.Checkpoints(workdir, config, dataset=dataset.identity())
   restored = checkpoints.restore_latest(trainer)
   if restored is not None:
-    state, results = restored.state, restored.results
+    state, results, carried = restored.state, restored.results, restored.progress
   else:
-    state, results = trainer.init(config.seed), {}
+    state, results, carried = trainer.init(config.seed), {}, {}
     if config.init_from:
       state = checkpointing.load_params(config.init_from, trainer, state)
   first_step = int(state.step)
@@ -108,9 +125,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                       start_step=first_step)
   save_every = config.checkpoint.every_steps
 
-  # A resumed run's time adds to the time its checkpoint's results counted.
-  start = time.perf_counter() - results.get('train_seconds', 0.0)
-  pending: list[TrainMetrics] = []
+  # A resumed run's time adds to the time counted up to its checkpoint, and
+  # its first logged interval takes in the steps a preempted run had not logged.
+  start = time.perf_counter() - carried.get(
+      'train_seconds', results.get('train_seconds', 0.0))
+  pending: list[TrainMetrics] = _uncarry(carried.get('pending'))
   interval_start, data_wait = time.perf_counter(), 0.0
 
   def log_interval(step: int) -> None:
@@ -129,6 +148,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writer.write_scalars(step, summary)
     pending, interval_start, data_wait = [], time.perf_counter(), 0.0
 
+  def bookkeeping() -> dict[str, Any]:
+    """What a resumed run needs to go on as this one would: the time so
+    far and the training metrics not yet logged."""
+    return {'train_seconds': time.perf_counter() - start,
+            'pending': _carry(pending)}
+
   preempted = waiting_for_data = False
   trace = profiling.StepTrace(workdir, config.profile_steps, first_step)
   with checkpointing.Preemption(checkpoints) as preemption:
@@ -138,9 +163,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       batch = preemption.next_or_none(train_iter)
       data_wait += time.perf_counter() - t
       if batch is None:  # SIGTERM while waiting for data: save this step
-        log_interval(step)
         if step not in checkpoints.steps():  # unless the loop just saved it
-          checkpoints.save(state, results=results, evaluated=False)
+          checkpoints.save(state, results=results, evaluated=False,
+                           progress=bookkeeping())
         preempted = waiting_for_data = True
         break
       state, step_metrics = trainer.train_step(state, batch)
@@ -150,11 +175,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       done = step + 1 == num_steps
       evaluate = (step + 1) % eval_every == 0 or done
       preempted = preemption.requested(step + 1)
-      save = (evaluate or preempted or (step + 1) % steps_per_epoch == 0 or
-              (save_every > 0 and (step + 1) % save_every == 0))
-      # Logging at every save makes a resumed run average over the same
-      # steps as an uninterrupted one, so both write the same metric log.
-      if (step + 1) % config.log_every_steps == 0 or save:
+      scheduled = (evaluate or (step + 1) % steps_per_epoch == 0 or
+                   (save_every > 0 and (step + 1) % save_every == 0))
+      save = scheduled or preempted
+      # Logging at every scheduled save makes a resumed run average over the
+      # same steps as an uninterrupted one, so both write the same metric
+      # log; a preempted save carries its steps instead (bookkeeping).
+      if (step + 1) % config.log_every_steps == 0 or scheduled:
         log_interval(step + 1)
 
       if evaluate:
@@ -192,7 +219,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         interval_start, data_wait = time.perf_counter(), 0.0
 
       if save:
-        checkpoints.save(state, results=results, evaluated=evaluate)
+        checkpoints.save(state, results=results, evaluated=evaluate,
+                         progress=bookkeeping())
       if preempted:
         break
   trace.stop(state)

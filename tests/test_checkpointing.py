@@ -1,6 +1,7 @@
 """Checkpoints: exact resume after kill -9, SIGTERM, other meshes, safety, eval mode."""
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -86,6 +87,13 @@ def _saved_state(workdir, step):
   return ocp.PyTreeCheckpointer().restore(path)
 
 
+def _meta(workdir, step):
+  """Checkpoint `step`'s meta item: results, digests, data, progress."""
+  with ocp.CheckpointManager(os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
+                             options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+    return m.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+
 def _logged_metrics(workdir):
   """The metric log without timings and without lines that held only timings."""
   records = [{k: v for k, v in r.items() if k not in TIMING_KEYS}
@@ -130,12 +138,13 @@ def test_killed_run_resumes_to_identical_parameters_and_metric_log(uninterrupted
   assert _logged_metrics(workdir) == _logged_metrics(reference)
 
 
-def test_sigterm_saves_at_the_step_it_stops_and_exits_0(uninterrupted, tmp_path, command):
+def test_sigterm_saves_at_the_step_it_stops_and_a_resume_logs_as_one_run(uninterrupted, tmp_path, command):
   data_path, _ = uninterrupted
   workdir = tmp_path / 'work'
   # Long enough that SIGTERM arrives mid-run; no evaluation slows it down.
-  command = command(data_path, workdir, '--config.num_train_steps=2000',
-                     '--config.eval_every_epochs=1000')
+  _command, extra = command, ['--config.num_train_steps=2000',
+                              '--config.eval_every_epochs=1000']
+  command = _command(data_path, workdir, *extra)
   with _running(command, tmp_path / 'run.log') as process:
     _wait_for(lambda: _saved_steps(workdir), process)
     process.send_signal(signal.SIGTERM)
@@ -146,7 +155,23 @@ def test_sigterm_saves_at_the_step_it_stops_and_exits_0(uninterrupted, tmp_path,
   step = int(stopped.group(1))
   assert 3 <= step < 2000  # 3: stopped while waiting for the batch after a save
   assert _saved_steps(workdir)[-1] == step
-  assert run_files.read_metrics(workdir)[-1]['step'] == step
+  # Saved before any evaluation, the checkpoint keeps the time trained so far.
+  first_part = _meta(workdir, step)['progress']['train_seconds']
+  assert first_part > 0
+
+  # Resumed to 3 steps further, the run logs what one run to there logs: no
+  # interval of its own at the step it was preempted at.
+  end = [f'--config.num_train_steps={step + 3}']
+  resumed = _run(command + end)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  reference = tmp_path / 'reference'
+  uninterrupted_run = _run(_command(data_path, reference, *extra, *end))
+  assert uninterrupted_run.returncode == 0, uninterrupted_run.stderr[-3000:]
+  assert _logged_metrics(workdir) == _logged_metrics(reference)
+  assert [r['step'] for r in run_files.read_metrics(workdir)] == [
+      r['step'] for r in run_files.read_metrics(reference)]
+  with open(workdir / 'results.json') as f:
+    assert json.load(f)['train_seconds'] > first_part
 
 
 def test_sigterm_while_the_input_pipeline_waits_saves_and_exits_0(tmp_path):
