@@ -24,10 +24,11 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import flax
 import jax
@@ -211,6 +212,7 @@ class Restored:
   state: TrainState
   step: int                   # also the training batches consumed
   results: dict[str, Any]     # the latest validation results, or {}
+  progress: dict[str, Any] = dataclasses.field(default_factory=dict)  # save's
 
 
 def _flat(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
@@ -257,6 +259,28 @@ def finish_saves() -> None:
       pass
 
 
+def exit_with_error(message: str) -> NoReturn:
+  """Ends the process with `message` as stderr's last lines, at column 0,
+  and status 1, once the saves begun are finished.
+
+  orbax's and tensorstore's threads may still print then (after a failed
+  save, tracebacks of callbacks into closed event loops, a piece at a
+  time), into the middle of those lines or after them: stderr is handed to
+  /dev/null first, and the message written to a copy of it, after a
+  newline that ends any line left unfinished.
+  """
+  finish_saves()
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  stderr = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  with os.fdopen(stderr, 'w') as f:
+    f.write(f'\n{message}\n')
+  os._exit(1)
+
+
 class Checkpoints:
   """The checkpoints of one workdir."""
 
@@ -290,11 +314,12 @@ class Checkpoints:
   # --- saving -----------------------------------------------------------
 
   def save(self, state: TrainState, *, results: dict[str, Any],
-           evaluated: bool) -> None:
+           evaluated: bool, progress: dict[str, Any] | None = None) -> None:
     """Saves `state` at its step; in the background if configured so.
 
     `evaluated`: `results` are from an evaluation at this step, so this
-    checkpoint competes for best. A state with a NaN or an infinity is not
+    checkpoint competes for best. `progress`: the training loop's own
+    bookkeeping to resume with (JSON), Restored.progress. A state with a NaN or an infinity is not
     saved (NonFiniteError).
     """
     step = int(state.step)
@@ -306,7 +331,8 @@ class Checkpoints:
           f'before it in {self.directory} are kept. Train in a new --workdir '
           'with a lower --config.optimizer.learning_rate (--config.init_from='
           '<this workdir> starts from the last checkpoint\'s parameters).')
-    meta = dict(results=results, digests=digests(state), dataset=self._dataset)
+    meta = dict(results=results, digests=digests(state), dataset=self._dataset,
+                progress=progress or {})
     try:
       self._manager.save(
           step,
@@ -404,7 +430,8 @@ class Checkpoints:
     _check_digests(state, saved['meta'].get('digests'),
                    f'Checkpoint {step} in {self.directory}')
     logging.info('Restored checkpoint %d from %s.', step, self.directory)
-    return Restored(state=state, step=step, results=saved['meta']['results'])
+    return Restored(state=state, step=step, results=saved['meta']['results'],
+                    progress=saved['meta'].get('progress') or {})
 
   def _set_aside(self, step: int) -> None:
     if jax.process_index() == 0:

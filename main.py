@@ -129,14 +129,10 @@ def main(argv):
   try:
     output = mode.run(FLAGS.config, FLAGS.workdir)
   except Exception as e:  # noqa: BLE001
-    # What went wrong as the last lines (a bug's traceback before them); then
-    # exit at once, so that no library's background thread prints after.
-    message = errors.describe(e, f'--mode={FLAGS.mode}', FLAGS.workdir, FLAGS.verbose)
-    checkpointing.finish_saves()
-    logging.flush()
-    print(message, file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(errors.EXIT_ERROR)
+    # What went wrong as the last lines (a bug's traceback before them), which
+    # no library's background thread can print into or after.
+    checkpointing.exit_with_error(
+        errors.describe(e, f'--mode={FLAGS.mode}', FLAGS.workdir, FLAGS.verbose))
   return errors.finish(output)
 
 

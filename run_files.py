@@ -21,6 +21,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -43,17 +44,43 @@ CONFIG = 'config.json'
 LOCK = 'lock'
 
 
+# The errors of a write that found no room: a full disk, a quota, a file size limit.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class DiskFullError(OSError):
+  """A run's file could not be written for want of room."""
+
+
+@contextlib.contextmanager
+def _naming_a_full_disk(path: str) -> Iterator[None]:
+  """Turns a write's want of room into a DiskFullError that says what was
+  being written, how much room is left and what to do."""
+  try:
+    yield
+  except OSError as e:
+    if e.errno not in _NO_ROOM:
+      raise
+    directory = os.path.dirname(os.path.abspath(path))
+    free = shutil.disk_usage(directory).free
+    raise DiskFullError(
+        e.errno, f'Could not write {path}: {os.strerror(e.errno)}; '
+        f'{free / 2**20:,.1f} MiB are free on the file system of {directory}. '
+        'Free disk space, then run the same command to resume from the last '
+        'checkpoint.') from e
+
+
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = 'w') -> Iterator[IO]:
   """Opens a temporary file that replaces `path` once the block succeeds,
   so that readers see the old file or the new one, never a partial one."""
   tmp = f'{path}.tmp'
   try:
-    with open(tmp, mode) as f:
+    with _naming_a_full_disk(path), open(tmp, mode) as f:
       yield f
     os.replace(tmp, path)
   finally:
-    if os.path.exists(tmp):
+    if os.path.lexists(tmp):
       os.remove(tmp)
 
 
@@ -80,9 +107,10 @@ class JsonlWriter(interface.MetricWriter):
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
-    self._file.write(json.dumps(record) + '\n')
-    # A killed run must not lose lines that precede its last checkpoint.
-    self._file.flush()
+    with _naming_a_full_disk(self.path):
+      self._file.write(json.dumps(record) + '\n')
+      # A killed run must not lose lines that precede its last checkpoint.
+      self._file.flush()
 
   def write_summaries(self, step, values, metadata=None): pass
   def write_images(self, step, images): pass

@@ -32,6 +32,23 @@ def _check_finite(step_metrics: list[TrainMetrics], first_step: int) -> None:
           'Lower --config.optimizer.learning_rate or check the input data.')
 
 
+def _carry(pending: list[TrainMetrics]) -> list[float] | None:
+  """Training metrics not yet logged, merged, as JSON numbers."""
+  if not pending:
+    return None
+  merged = functools.reduce(TrainMetrics.merge, jax.device_get(pending))
+  return [float(x) for x in jax.tree.leaves(merged)]
+
+
+def _uncarry(values: list[float] | None) -> list[TrainMetrics]:
+  """_carry's metrics back, exactly (float32 and int32 survive JSON)."""
+  if not values:
+    return []
+  template = jax.tree.leaves(TrainMetrics.empty())
+  return [jax.tree.unflatten(jax.tree.structure(TrainMetrics.empty()), [
+      np.asarray(v, t.dtype) for v, t in zip(values, template)])]
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming its latest checkpoint; returns
   the final validation results. Another run in the workdir is refused."""
@@ -66,10 +83,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   with console.phase(f'Restoring the latest checkpoint in {checkpoints.directory}'):
     restored = checkpoints.restore_latest(trainer)
   if restored is not None:
-    state, results = restored.state, restored.results
+    state, results, carried = restored.state, restored.results, restored.progress
   else:
     with console.phase('Initialising the network'):
-      state, results = trainer.init(config.seed), {}
+      state, results, carried = trainer.init(config.seed), {}, {}
     if config.init_from:
       state = checkpointing.load_params(config.init_from, trainer, state)
   first_step = int(state.step)
@@ -81,6 +98,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         f'The checkpoint in {checkpoints.directory} is at step {first_step}, past '
         f'this run\'s {num_steps} steps; raise --config.num_epochs or '
         '--config.num_train_steps, or start a new --workdir.')
+  if restored is not None and first_step < num_steps:
+    # The final state's 10-crop test is this run's to earn again: one that
+    # stops early must not look finished with an earlier run's numbers.
+    results = {k: v for k, v in results.items() if not k.endswith('_10crop')}
+    if jax.process_index() == 0:
+      run_files.write_results(workdir, results)
   if jax.process_index() == 0:
     run_files.write_config(workdir, config)
   params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -107,10 +130,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                       shard=shard, start_step=first_step)
   save_every = config.checkpoint.every_steps
 
-  # A resumed run's time adds to the time its checkpoint's results counted.
+  # A resumed run's time adds to the time counted up to its checkpoint, and
+  # its first logged interval takes in the steps a preempted run had not logged.
   session_start = time.perf_counter()
-  start = session_start - results.get('train_seconds', 0.0)
-  pending: list[TrainMetrics] = []
+  start = session_start - carried.get('train_seconds', results.get('train_seconds', 0.0))
+  pending: list[TrainMetrics] = _uncarry(carried.get('pending'))
   interval_start, data_wait = time.perf_counter(), 0.0
 
   def log_interval(step: int) -> None:
@@ -134,6 +158,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       logging.info('%s', progress.line(step, now, summary, eta))
     pending, interval_start, data_wait = [], time.perf_counter(), 0.0
 
+  def bookkeeping() -> dict[str, Any]:
+    """What a resumed run needs to go on as this one would: the time so
+    far and the training metrics not yet logged."""
+    return {'train_seconds': time.perf_counter() - start,
+            'pending': _carry(pending)}
+
   preempted = waiting_for_data = False
   trace = profiling.StepTrace(workdir, config.profile_steps, first_step)
   with checkpointing.Preemption(checkpoints) as preemption:
@@ -143,9 +173,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       batch = preemption.next_or_none(train_iter)
       data_wait += time.perf_counter() - t
       if batch is None:  # SIGTERM while waiting for data: save this step
-        log_interval(step)
         if step not in checkpoints.steps():  # unless the loop just saved it
-          checkpoints.save(state, results=results, evaluated=False)
+          checkpoints.save(state, results=results, evaluated=False,
+                           progress=bookkeeping())
         preempted = waiting_for_data = True
         break
       if eta is None:
@@ -159,11 +189,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       done = step + 1 == num_steps
       evaluate = (step + 1) % eval_every == 0 or done
       preempted = preemption.requested(step + 1)
-      save = (evaluate or preempted or (step + 1) % steps_per_epoch == 0 or
-              (save_every > 0 and (step + 1) % save_every == 0))
-      # Logging at every save makes a resumed run average over the same
-      # steps as an uninterrupted one, so both write the same metric log.
-      if (step + 1) % config.log_every_steps == 0 or save:
+      scheduled = (evaluate or (step + 1) % steps_per_epoch == 0 or
+                   (save_every > 0 and (step + 1) % save_every == 0))
+      save = scheduled or preempted
+      # Logging at every scheduled save makes a resumed run average over the
+      # same steps as an uninterrupted one, so both write the same metric
+      # log; a preempted save carries its steps instead (bookkeeping).
+      if (step + 1) % config.log_every_steps == 0 or scheduled:
         log_interval(step + 1)
 
       if evaluate:
@@ -205,7 +237,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         interval_start, data_wait = time.perf_counter(), 0.0
 
       if save:
-        checkpoints.save(state, results=results, evaluated=evaluate)
+        checkpoints.save(state, results=results, evaluated=evaluate,
+                         progress=bookkeeping())
       if preempted:
         break
   trace.stop(state)

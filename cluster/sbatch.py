@@ -31,10 +31,10 @@ def header(job_name: str, options: list[str]) -> list[str]:
           *(f'#SBATCH {option}' for option in options)]
 
 
-def run_until_final(srun_options: list[str], workdir: str = '"$workdir"') -> list[str]:
+def run_until_final(srun_options: list[str], finished: str) -> list[str]:
   """Shell lines that run main.py "${args[@]}" under srun (alone outside
   SLURM), forward SIGTERM to it as above, and requeue the job if it stopped
-  before its final results. `workdir` is a shell word naming the run's."""
+  before its end: when the shell command `finished` fails."""
   srun = shlex.join(['srun', *srun_options])
   main = shlex.quote(os.path.relpath(MAIN))
   return [
@@ -52,7 +52,7 @@ def run_until_final(srun_options: list[str], workdir: str = '"$workdir"') -> lis
       '# A trapped signal ends `wait` early: wait again until the run has ended.',
       'wait "$pid"; status=$?',
       'while kill -0 "$pid" 2>/dev/null; do wait "$pid"; status=$?; done',
-      f'if [ "$status" -eq 0 ] && ! {final_results_test(workdir)}; then',
+      f'if [ "$status" -eq 0 ] && ! {finished}; then',
       '  echo "The run stopped before its end; it resumes when run again." >&2',
       '  if [ -n "${SLURM_JOB_ID:-}" ]; then scontrol requeue "$SLURM_JOB_ID"; fi',
       'fi',
@@ -86,7 +86,7 @@ def run_script(args: list[str], *, nodes: int, tasks_per_node: int,
     # would otherwise drive GPU SLURM_LOCALID of them, one per process.
     lines += ['export JAX_LOCAL_DEVICE_IDS='
               + ','.join(map(str, range(gpus_per_task)))]
-  return '\n'.join(lines + run_until_final([]))
+  return '\n'.join(lines + run_until_final([], final_results_test('"$workdir"')))
 
 
 def _flag(args: list[str], name: str) -> str:

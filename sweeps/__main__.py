@@ -19,7 +19,6 @@ it ends. docs/sweeps.md has the details.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shlex
 import signal
@@ -29,8 +28,8 @@ import sys
 from absl import app, flags, logging
 
 from sweeps import report, slurm
-from sweeps.runs import (MAIN, RUN_FILE, Run, SweepError, check, final_results,
-                         finished, load_sweep, plan)
+from sweeps.runs import (MAIN, Run, SweepError, check, finished, load_sweep, plan,
+                         record)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('sweep', None, 'Sweep file, FILE[:arg], e.g. '
@@ -82,10 +81,9 @@ def train(runs: list[Run]) -> tuple[list[Run], bool]:
       logging.info('Run %d/%d: %s', i + 1, len(runs), run.command(sys.executable))
       sigterm.child = subprocess.Popen([sys.executable, MAIN, *run.args])
       code = sigterm.child.wait()
-      if final_results(run.workdir) is not None and code == 0:
-        with open(os.path.join(run.workdir, RUN_FILE), 'w') as f:
-          json.dump({'args': run.args}, f, indent=2)
-      elif not sigterm.stopped:
+      if code == 0 and record(run.workdir, run.args):
+        continue
+      if not sigterm.stopped:
         logging.error('Run %s failed (exit status %d); going on with the others.',
                       run.workdir, code)
         failed.append(run)

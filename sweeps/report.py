@@ -1,7 +1,8 @@
 """A sweep's report: errors per point over seeds, the claims, two figures.
 
 Written by python -m sweeps into the sweep's workdir, from the runs that have
-finished (their results.json holds the final 10-crop errors):
+finished (sweeps.runs.finished: the final 10-crop errors, under the run's
+own flags):
 
   report.md    per point: 10-crop and centre-crop top-1 / top-5 error, mean and
                standard deviation over seeds, parameters, forward FLOPs per
@@ -35,6 +36,7 @@ import run_files
 from configs import command_line
 from configs.sweeps import Claim, Sweep
 from models import AlexNet
+from sweeps import runs as sweep_runs
 from sweeps.runs import Run, final_results
 from tools import summary
 
@@ -124,13 +126,39 @@ def _yes_no(condition: bool, defined: bool) -> str:
   return ('yes' if condition else 'no') if defined else 'n/a'
 
 
-def claim_rows(claims: Sequence[Claim],
+def _dropped(claim: Claim, seeds: Sequence[int],
+             finished: Mapping[str, Mapping[int, Any]]) -> list[str]:
+  """The sweep's seeds that give `claim` no pair, and which runs of theirs
+  have not finished (not yet run, stopped, failed or diverged)."""
+  dropped = []
+  for seed in seeds:
+    absent = [p for p in (claim.changed, claim.reference)
+              if seed not in finished.get(p, {})]
+    if absent:
+      dropped.append(f'seed {seed} ({", ".join(absent)} not finished)')
+  return dropped
+
+
+def _interval_note(effect: Effect) -> str:
+  """What the report says of an effect's interval where it is not a range."""
+  if effect.n == 0:
+    return 'no pairs'
+  if effect.n == 1:
+    return 'one pair: no interval'
+  if effect.low == effect.high:
+    return 'degenerate: every pair differs by the same'
+  return ''
+
+
+def claim_rows(claims: Sequence[Claim], seeds: Sequence[int],
                finished: Mapping[str, Mapping[int, Mapping[str, float]]]
                ) -> list[dict[str, Any]]:
   """Each claim's paired 10-crop effects in percentage points, from the
-  finished runs' results by point and seed."""
+  finished runs' results by point and seed, and the pairs of the sweep's
+  `seeds` dropped because a run of theirs has not finished."""
   rows = []
   for claim in claims:
+    dropped = _dropped(claim, seeds, finished)
     row = dict(claim=claim.name, section=claim.section, changed=claim.changed,
                reference=claim.reference)
     for k, paper in (('top1', claim.top1), ('top5', claim.top5)):
@@ -140,11 +168,13 @@ def claim_rows(claims: Sequence[Claim],
           {s: 100 * r[key] for s, r in finished.get(claim.reference, {}).items()})
       row.update({'seeds': effect.n, f'{k}_effect': effect.mean,
                   f'{k}_low': effect.low, f'{k}_high': effect.high,
+                  f'{k}_note': _interval_note(effect),
                   f'{k}_paper': paper,
                   f'{k}_same_sign': _yes_no(np.sign(effect.mean) == np.sign(paper),
-                                            effect.n > 0),
+                                            math.isfinite(effect.mean)),
                   f'{k}_paper_inside': _yes_no(effect.low <= paper <= effect.high,
-                                               effect.n > 1)})
+                                               math.isfinite(effect.low))})
+    row.update(dropped_pairs=len(dropped), dropped='; '.join(dropped))
     rows.append(row)
   return rows
 
@@ -183,15 +213,40 @@ def _plot_curves(curves: Mapping[str, list[list[tuple[float, float]]]], path: st
   _save(fig, path)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Bar:
+  x: float
+  height: float | None        # None: nothing measured, no bar
+  error: tuple[float, float] | None  # below and above; None: no interval
+  note: str                   # _interval_note, written on the figure
+
+
+def effect_bars(rows: list[dict[str, Any]], k: str) -> list[_Bar]:
+  """The measured `k` ('top1', 'top5') bars of effects.png, one per claim:
+  none where no pair finished, no error bar where there is no interval."""
+  bars = []
+  for x, row in enumerate(rows):
+    mean, low, high = row[f'{k}_effect'], row[f'{k}_low'], row[f'{k}_high']
+    bars.append(_Bar(
+        x - 0.2, mean if math.isfinite(mean) else None,
+        (mean - low, high - mean) if math.isfinite(low) else None,
+        row[f'{k}_note']))
+  return bars
+
+
 def _plot_effects(rows: list[dict[str, Any]], path: str) -> None:
   fig, axes = _figure(columns=2)
   x = np.arange(len(rows))
   for ax, k in zip(axes, ('top1', 'top5')):
-    mean = np.array([row[f'{k}_effect'] for row in rows])
-    errors = np.array([[m - row[f'{k}_low'], row[f'{k}_high'] - m]
-                       for m, row in zip(mean, rows)]).reshape(-1, 2).T
-    ax.bar(x - 0.2, np.nan_to_num(mean), 0.4, yerr=np.nan_to_num(errors), capsize=4,
-           color='tab:blue', label='measured, 95% interval')
+    label = 'measured, 95% interval'
+    for bar in effect_bars(rows, k):
+      if bar.height is not None:
+        ax.bar(bar.x, bar.height, 0.4, color='tab:blue', label=label, capsize=4,
+               yerr=None if bar.error is None else np.array(bar.error)[:, None])
+        label = None
+      if bar.note:
+        ax.text(bar.x, bar.height or 0, bar.note, rotation=90, fontsize=7,
+                ha='center', va='bottom')
     ax.bar(x + 0.2, [row[f'{k}_paper'] for row in rows], 0.4,
            color='tab:gray', label='paper')
     ax.axhline(0, color='black', linewidth=0.8)
@@ -209,10 +264,10 @@ def _collect(runs: Sequence[Run]):
   curves: dict[str, list] = {}
   missing = []
   for run in runs:
-    results = final_results(run.workdir)
-    if results is None:
+    if not sweep_runs.finished(run):
       missing.append(run)
       continue
+    results = final_results(run.workdir)
     finished.setdefault(run.point.label, {})[run.seed] = {
         **results, 'images_per_sec': train_images_per_sec(run.workdir)}
     curves.setdefault(run.point.label, []).append(validation_curve(run.workdir))
@@ -266,20 +321,28 @@ def _markdown(points: list[dict[str, Any]], claims: list[dict[str, Any]],
         'in percentage points, paired by seed; the mean over seeds and its '
         f'{CONFIDENCE:.0%} interval (Student t over the seed differences). The '
         "paper's value is its reported reduction, i.e. the rise when the "
-        'feature is taken away. Fewer than two seeds give no interval.', '',
-        '| claim | section | changed vs reference | seeds | top-1 effect | paper '
-        '| same sign | paper inside | top-5 effect | paper | same sign | paper inside |',
-        '|---|---|---|---|---|---|---|---|---|---|---|---|']
+        'feature is taken away. Fewer than two seeds give no interval; one of '
+        'zero width (every pair differs by the same) is degenerate. Pairs '
+        'dropped: seeds of the sweep with a run not finished (not yet run, '
+        'stopped, failed or diverged), which the effect leaves out.', '',
+        '| claim | section | changed vs reference | seeds | pairs dropped | top-1 effect '
+        '| paper | same sign | paper inside | top-5 effect | paper | same sign '
+        '| paper inside |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
   for row in claims:
     cells = []
     for k in ('top1', 'top5'):
       low, high = row[f'{k}_low'], row[f'{k}_high']
       interval = '' if math.isnan(low) else f' [{low:+.2f}, {high:+.2f}]'
-      cells += [_number(row[f'{k}_effect'], '+.2f') + interval,
+      note = f' ({row[f"{k}_note"]})' if row[f'{k}_note'] else ''
+      cells += [_number(row[f'{k}_effect'], '+.2f') + interval + note,
                 f"{row[f'{k}_paper']:+.1f}", row[f'{k}_same_sign'],
                 row[f'{k}_paper_inside']]
+    dropped = (f"{row['dropped_pairs']}: {row['dropped']}" if row['dropped_pairs']
+               else '0')
     text.append(f"| {row['claim']} | {row['section']} | {row['changed']} vs "
-                f"{row['reference']} | {row['seeds']} | " + ' | '.join(cells) + ' |')
+                f"{row['reference']} | {row['seeds']} | {dropped} | "
+                + ' | '.join(cells) + ' |')
   text += ['', '## Runs not finished', '']
   text += ([f'- {run.point.label}, seed {run.seed}: `{run.workdir}`' for run in missing]
            or ['None.'])
@@ -297,7 +360,7 @@ def write(workdir: str, sweep: Sweep, runs: Sequence[Run], command: str, date: s
     point_args.setdefault(run.point.label, run.config_args)
   points = [_point_row(name, args, finished.get(name, {}))
             for name, args in point_args.items()]
-  claims = claim_rows(sweep.claims, finished)
+  claims = claim_rows(sweep.claims, sweep.seeds, finished)
   _write_csv(os.path.join(workdir, 'report.csv'), points)
   _write_csv(os.path.join(workdir, 'runs.csv'), [
       {'point': name, 'seed': seed, **results}

@@ -6,7 +6,8 @@ the base config (--config, or the sweep's) plus the point's variants and
 overrides, --config.seed and the flags after `--`. Runs go seed by seed,
 every point of a seed before the next seed, so an interrupted sweep leaves
 complete pairs. A run is finished when its results.json holds the final
-10-crop errors under the same flags (run.json).
+10-crop errors and run.json, recorded after it ended with them, the same
+flags (`finished`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import importlib.util
 import json
 import os
 import shlex
+import sys
 from typing import Any
 
 import run_files
+from cluster.sbatch import MAIN
 from configs import command_line, validation
 from configs.sweeps import Point, Sweep
 
-MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'main.py')
 # The flags of a finished run, written when it finishes.
 RUN_FILE = 'run.json'
 
@@ -71,12 +73,30 @@ def with_variants(config: str, variants: str) -> str:
   return f'{config},{variants}' if ':' in config else f'{config}:{variants}'
 
 
+def _folder(label: str) -> str:
+  """A point's sub-workdir name."""
+  return label.replace(os.sep, '_')
+
+
 def plan(sweep: Sweep, config: str, workdir: str, extra: list[str]) -> list[Run]:
   """Every run of `sweep` on base `config`, seed by seed, with `extra` flags."""
   labels = [p.label for p in sweep.points]
   if len(set(labels)) < len(labels) or not labels or not sweep.seeds:
     raise SweepError(f'A sweep needs seeds and points with distinct names; this one '
                      f'has seeds {list(sweep.seeds)} and points {labels}.')
+  if len(set(sweep.seeds)) < len(sweep.seeds):
+    raise SweepError(f'The seeds {list(sweep.seeds)} repeat one: each seed is a '
+                     'pair of runs to compare, so each must be distinct.')
+  folders: dict[str, str] = {}
+  for label in labels:
+    other = folders.setdefault(_folder(label), label)
+    if other != label:
+      raise SweepError(f'Points {other!r} and {label!r} would share the sub-workdir '
+                       f'{_folder(label)!r}; give one another name (Point(name=...)).')
+  for point in sweep.points:
+    if 'seed' in point.overrides:
+      raise SweepError(f'Point {point.label!r} overrides seed: the sweep sets '
+                       '--config.seed from its seeds; take it out of the overrides.')
   for claim in sweep.claims:
     for name in (claim.changed, claim.reference):
       if name not in labels:
@@ -86,8 +106,7 @@ def plan(sweep: Sweep, config: str, workdir: str, extra: list[str]) -> list[Run]
     if not arg.startswith('--config.') or arg.startswith('--config.seed='):
       raise SweepError(f'{arg} after `--`: only --config.KEY=VALUE flags apply to '
                        'every run, and the sweep sets --config.seed.')
-  return [Run(point, seed,
-              os.path.join(workdir, point.label.replace(os.sep, '_'), f'seed={seed}'),
+  return [Run(point, seed, os.path.join(workdir, _folder(point.label), f'seed={seed}'),
               (f'--config={with_variants(config, point.variants)}',
                f'--config.seed={seed}', *extra,
                *(f'--config.{k}={v}' for k, v in point.overrides.items())))
@@ -119,13 +138,33 @@ def final_results(workdir: str) -> dict[str, Any] | None:
 
 
 
-def finished(run: Run) -> bool:
-  """Whether `run` reached its final step with these flags."""
+def _finished(workdir: str, args: list[str]) -> bool:
   try:
-    with open(os.path.join(run.workdir, RUN_FILE)) as f:
+    with open(os.path.join(workdir, RUN_FILE)) as f:
       recorded = json.load(f)['args']
-  except (FileNotFoundError, json.JSONDecodeError, KeyError):
+  except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
     return False
-  return recorded == run.args and final_results(run.workdir) is not None
+  return recorded == args and final_results(workdir) is not None
 
 
+def finished(run: Run) -> bool:
+  """Whether `run` reached its final step with these flags: its results.json
+  holds the final 10-crop errors (which a resumed run drops until it earns
+  them again) and run.json, recorded after main.py ended with them, the
+  same flags."""
+  return _finished(run.workdir, run.args)
+
+
+def record(workdir: str, args: list[str]) -> bool:
+  """After main.py `args` exited 0 in `workdir`: records its flags in
+  run.json if it reached its final step; returns whether it is finished."""
+  if final_results(workdir) is not None:
+    with run_files.atomic_write(os.path.join(workdir, RUN_FILE)) as f:
+      json.dump({'args': args}, f, indent=2)
+  return _finished(workdir, args)
+
+
+if __name__ == '__main__':
+  # python -m sweeps.runs WORKDIR MAIN_ARGS...: `record`, for the SLURM
+  # script, after the run exited 0; status 1 if it has not finished.
+  sys.exit(0 if record(sys.argv[1], sys.argv[2:]) else 1)

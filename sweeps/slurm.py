@@ -29,7 +29,11 @@ def slurm_script(runs: list[Run], workdir: str, name: str, options: list[str]) -
       f'  *) echo "No run $SLURM_ARRAY_TASK_ID: this sweep has runs 0-{len(runs) - 1}." >&2;'
       ' exit 2 ;;',
       'esac']
-  return '\n'.join(lines + sbatch.run_until_final(['--ntasks=1']))
+  # The sweep's own test of a finished run, which records run.json (sweeps/runs.py).
+  repo = shlex.quote(os.path.dirname(sbatch.MAIN))
+  finished = (f'PYTHONPATH={repo}${{PYTHONPATH:+:$PYTHONPATH}} '
+              '"$python" -m sweeps.runs "$workdir" "${args[@]}"')
+  return '\n'.join(lines + sbatch.run_until_final(['--ntasks=1'], finished))
 
 
 def emit(kind: str, runs: list[Run], workdir: str, name: str, options: list[str]) -> str:

@@ -1,6 +1,7 @@
 """Checkpoints: exact resume after kill -9, SIGTERM, other meshes, safety, eval mode."""
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -86,6 +87,13 @@ def _saved_state(workdir, step):
   return ocp.PyTreeCheckpointer().restore(path)
 
 
+def _meta(workdir, step):
+  """Checkpoint `step`'s meta item: results, digests, data, progress."""
+  with ocp.CheckpointManager(os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
+                             options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+    return m.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+
 def _logged_metrics(workdir):
   """The metric log without timings and without lines that held only timings."""
   records = [{k: v for k, v in r.items() if k not in TIMING_KEYS}
@@ -130,12 +138,13 @@ def test_killed_run_resumes_to_identical_parameters_and_metric_log(uninterrupted
   assert _logged_metrics(workdir) == _logged_metrics(reference)
 
 
-def test_sigterm_saves_at_the_step_it_stops_and_exits_0(uninterrupted, tmp_path, command):
+def test_sigterm_saves_at_the_step_it_stops_and_a_resume_logs_as_one_run(uninterrupted, tmp_path, command):
   data_path, _ = uninterrupted
   workdir = tmp_path / 'work'
   # Long enough that SIGTERM arrives mid-run; no evaluation slows it down.
-  command = command(data_path, workdir, '--config.num_train_steps=2000',
-                     '--config.eval_every_epochs=1000')
+  _command, extra = command, ['--config.num_train_steps=2000',
+                              '--config.eval_every_epochs=1000']
+  command = _command(data_path, workdir, *extra)
   with _running(command, tmp_path / 'run.log') as process:
     _wait_for(lambda: _saved_steps(workdir), process)
     process.send_signal(signal.SIGTERM)
@@ -146,7 +155,23 @@ def test_sigterm_saves_at_the_step_it_stops_and_exits_0(uninterrupted, tmp_path,
   step = int(stopped.group(1))
   assert 3 <= step < 2000  # 3: stopped while waiting for the batch after a save
   assert _saved_steps(workdir)[-1] == step
-  assert run_files.read_metrics(workdir)[-1]['step'] == step
+  # Saved before any evaluation, the checkpoint keeps the time trained so far.
+  first_part = _meta(workdir, step)['progress']['train_seconds']
+  assert first_part > 0
+
+  # Resumed to 3 steps further, the run logs what one run to there logs: no
+  # interval of its own at the step it was preempted at.
+  end = [f'--config.num_train_steps={step + 3}']
+  resumed = _run(command + end)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  reference = tmp_path / 'reference'
+  uninterrupted_run = _run(_command(data_path, reference, *extra, *end))
+  assert uninterrupted_run.returncode == 0, uninterrupted_run.stderr[-3000:]
+  assert _logged_metrics(workdir) == _logged_metrics(reference)
+  assert [r['step'] for r in run_files.read_metrics(workdir)] == [
+      r['step'] for r in run_files.read_metrics(reference)]
+  with open(workdir / 'results.json') as f:
+    assert json.load(f)['train_seconds'] > first_part
 
 
 def test_sigterm_while_the_input_pipeline_waits_saves_and_exits_0(tmp_path):
@@ -492,6 +517,61 @@ def test_a_full_disk_is_named_in_the_last_lines(uninterrupted, tmp_path, command
   assert lines[-2].startswith('Free disk space or pass a writable --workdir')
   assert lines[-1].startswith(f'(its traceback is in {workdir}/error.log')
   assert not any('Traceback' in line for line in lines[error:])  # nothing after it
+
+
+# A mode that fails while a library thread prints, as tensorstore's callbacks
+# into orbax's closed event loops do after a failed save (tracebacks through
+# sys.unraisablehook, a piece at a time): its lines begin once the run's own
+# traceback is logged, and one is nearly always unfinished.
+_CHATTER_THEN_FAIL = """
+import logging, sys, threading, time
+import main
+
+failed = threading.Event()
+
+class Cue(logging.Handler):
+  def emit(self, record):
+    if record.levelno >= logging.ERROR:
+      failed.set()
+      time.sleep(0.1)  # the library thread's turn
+
+def chatter():
+  failed.wait()
+  while True:
+    sys.stderr.write('Traceback (most recent call last):\\n    ')
+    sys.stderr.flush()
+    time.sleep(0.01)
+    sys.stderr.write("raise RuntimeError('Event loop is closed')\\n")
+
+def fail(config, workdir):
+  logging.getLogger().addHandler(Cue())
+  threading.Thread(target=chatter, daemon=True).start()
+  raise OSError('No space left on device\\nFree disk space.')
+
+main.MODES['summary'] = main.Mode(fail, help='fails')
+main.app.run(main.main, flags_parser=main.parse_flags)
+"""
+
+
+def test_the_error_is_the_last_lines_whatever_other_threads_print():
+  result = subprocess.run(
+      [sys.executable, '-c', _CHATTER_THEN_FAIL, '--config=configs/demo.py:size=tiny',
+       '--mode=summary'], cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert result.stderr.splitlines()[-2:] == [
+      'Error: No space left on device', 'Free disk space.'], result.stderr[-3000:]
+
+
+def test_a_full_disk_at_results_json_says_how_much_is_free_and_what_to_do(tmp_path):
+  # /dev/full takes the write of the results' temporary file: ENOSPC.
+  os.symlink('/dev/full', tmp_path / 'results.json.tmp')
+  with pytest.raises(run_files.DiskFullError, match=(
+      rf'Could not write {tmp_path}/results.json: No space left on device; '
+      rf'[\d,.]+ MiB are free on the file system of {tmp_path}. Free disk space, '
+      'then run the same command to resume from the last checkpoint.')):
+    run_files.write_results(str(tmp_path), {'val_top1_error': 0.5, 'note': 'x' * 10000})
+  assert not os.listdir(tmp_path)  # nor is a temporary file left
 
 
 def test_no_room_for_one_checkpoint_stops_at_start(one_device, tmp_path, monkeypatch):

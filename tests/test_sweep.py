@@ -2,6 +2,7 @@
 against results.json; commands, the SLURM array; bad points; the statistics."""
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -13,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from configs.sweeps import Claim
+from configs.sweeps import Claim, Point, Sweep
 from sweeps import report as sweep_report, runs as sweep_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,6 +66,12 @@ def _results(workdir, run):
     return json.load(f)
 
 
+def _metrics(run_dir):
+  path = run_dir / 'metrics.jsonl'
+  return [json.loads(line) for line in path.read_text().splitlines()
+          if line.endswith('}')] if path.exists() else []
+
+
 def _csv(path):
   with open(path) as f:
     return list(csv.DictReader(f))
@@ -97,14 +104,47 @@ def test_claim_rows_say_sign_and_whether_the_paper_lies_inside():
              for s in range(3)},
       'off': {s: {'val_top1_error_10crop': 0.1 + (s + 1) / 100,
                   'val_top5_error_10crop': 0.01 + (5 + s / 10) / 100} for s in range(3)}}
-  row, = sweep_report.claim_rows([claim], finished)
+  row, = sweep_report.claim_rows([claim], (0, 1, 2), finished)
   assert row['seeds'] == 3
   assert row['top1_effect'] == pytest.approx(2.0)
   assert (row['top1_same_sign'], row['top1_paper_inside']) == ('yes', 'yes')
   assert row['top5_effect'] == pytest.approx(5.1)
   assert (row['top5_same_sign'], row['top5_paper_inside']) == ('no', 'no')
-  missing, = sweep_report.claim_rows([claim], {'on': finished['on']})
+  missing, = sweep_report.claim_rows([claim], (0, 1, 2), {'on': finished['on']})
   assert missing['seeds'] == 0 and missing['top1_same_sign'] == 'n/a'
+
+
+def test_missing_single_and_degenerate_effects_say_so():
+  claim = Claim('LRN', '3.3', changed='off', reference='on', top1=1.4, top5=1.2)
+  on = {s: {'val_top1_error_10crop': 0.1, 'val_top5_error_10crop': 0.01} for s in range(3)}
+  # Seed 0 alone finished 'off'; top-5 rises by the same 1 point on every seed.
+  same = {s: {'val_top1_error_10crop': 0.1 + s / 100, 'val_top5_error_10crop': 0.02}
+          for s in range(3)}
+  none, one, degenerate = sweep_report.claim_rows(
+      [claim, dataclasses.replace(claim, changed='one'),
+       dataclasses.replace(claim, changed='same')], (0, 1, 2),
+      {'on': on, 'one': {0: same[0]}, 'same': same})
+  assert (none['seeds'], none['top1_note'], none['top1_same_sign'],
+          none['top1_paper_inside']) == (0, 'no pairs', 'n/a', 'n/a')
+  assert none['dropped_pairs'] == 3
+  assert none['dropped'].startswith('seed 0 (off not finished); seed 1')
+  assert (one['seeds'], one['top1_note'], one['top1_same_sign'],
+          one['top1_paper_inside']) == (1, 'one pair: no interval', 'no', 'n/a')
+  assert (one['dropped_pairs'], one['dropped']) == (
+      2, 'seed 1 (one not finished); seed 2 (one not finished)')
+  assert degenerate['top5_low'] == degenerate['top5_high'] == pytest.approx(1.0)
+  assert degenerate['top5_note'] == 'degenerate: every pair differs by the same'
+  assert degenerate['top1_note'] == '' and degenerate['dropped_pairs'] == 0
+
+  no_bar, one_bar, degenerate_bar = sweep_report.effect_bars([none, one, degenerate], 'top1')
+  assert no_bar.height is None and no_bar.note == 'no pairs'  # not a bar of 0
+  assert one_bar.height == pytest.approx(0.0) and one_bar.error is None
+  half = 4.303 / math.sqrt(3)  # differences 0, 1, 2: sd 1
+  assert degenerate_bar.error == pytest.approx((half, half), abs=1e-3)
+  report = sweep_report._markdown([], [none, one, degenerate], [], 6, 'python -m sweeps', 'today')
+  assert '| LRN | 3.3 | off vs on | 0 | 3: seed 0 (off not finished);' in report
+  assert 'n/a (no pairs) | +1.4 | n/a | n/a |' in report
+  assert '+1.00 [+1.00, +1.00] (degenerate: every pair differs by the same)' in report
 
 
 def test_tiny_sweep_interrupted_resumed_and_reported(tmp_path, data_dir):
@@ -245,3 +285,70 @@ def test_bad_point_fails_before_any_training(tmp_path, data_dir, point, message)
   assert error.endswith('No run was started.')
   assert 'Traceback' not in result.stderr
   assert not workdir.exists()
+
+
+ONE_RUN_SWEEP = '''
+from configs.sweeps import Point, Sweep
+
+
+def get_sweep(arg=None):
+  return Sweep(points=(Point(),), seeds=(0,))
+'''
+
+
+def test_a_run_stopped_under_new_flags_is_not_finished_with_its_old_numbers(
+    tmp_path, data_dir):
+  (tmp_path / 'one.py').write_text(ONE_RUN_SWEEP)
+  workdir, run = tmp_path / 'sweep', tmp_path / 'sweep' / 'baseline' / 'seed=0'
+
+  def args(*extra):
+    return [sys.executable, '-m', 'sweeps', f'--sweep={tmp_path / "one.py"}',
+            '--config=configs/demo.py:size=tiny', f'--workdir={workdir}', '--',
+            f'--config.data.data_dir={data_dir}', '--config.batch_size=16',
+            '--config.eval_batch_size=32', *extra]
+
+  short = _sweep(*args('--config.num_train_steps=2'))
+  assert short.returncode == 0, short.stderr[-3000:]
+  assert sweep_runs.FINAL_KEY in _results(workdir, 'baseline/seed=0')
+  recorded = (run / 'run.json').read_text()
+
+  # The same run, longer, stopped by SIGTERM once it trains past step 2.
+  longer = args('--config.num_train_steps=1000', '--config.eval_every_epochs=100',
+                '--config.log_every_steps=1')
+  with open(tmp_path / 'longer.log', 'w') as log:
+    process = subprocess.Popen(longer, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                               env=_env())
+    deadline = time.time() + 300
+    while not any(r['step'] > 2 for r in _metrics(run)):
+      assert process.poll() is None, (tmp_path / 'longer.log').read_text()[-3000:]
+      assert time.time() < deadline
+      time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) == 0, (tmp_path / 'longer.log').read_text()[-3000:]
+  results = _results(workdir, 'baseline/seed=0')
+  saved = [int(d) for d in os.listdir(run / 'checkpoints') if d.isdigit()]
+  assert 2 < max(saved) < 1000
+  assert not any(k.endswith('_10crop') for k in results), results
+  assert (run / 'run.json').read_text() == recorded  # the old flags' record
+
+  planned, = sweep_runs.plan(sweep_runs.load_sweep(str(tmp_path / 'one.py')),
+                             'configs/demo.py:size=tiny', str(workdir), longer[7:])
+  assert not sweep_runs.finished(planned)
+  # The SLURM script's test says the same: not finished, so it requeues.
+  check = subprocess.run([sys.executable, '-m', 'sweeps.runs', planned.workdir,
+                          *planned.args], cwd=REPO, env=_env(), capture_output=True)
+  assert check.returncode == 1, check.stderr[-3000:]
+  report = _sweep(*longer[:6], '--report', *longer[6:])
+  assert report.returncode == 0, report.stderr[-3000:]
+  assert '# Sweep report: 0 of 1 runs finished' in (workdir / 'report.md').read_text()
+
+
+@pytest.mark.parametrize('points, seeds, message', [
+    ((Point(), Point(overrides={'seed': 7})), (0, 1, 2),
+     "Point 'seed=7' overrides seed: the sweep sets --config.seed"),
+    ((Point(name='a/b'), Point(name='a_b')), (0,),
+     "Points 'a/b' and 'a_b' would share the sub-workdir 'a_b'"),
+    ((Point(),), (0, 1, 0), r'The seeds \[0, 1, 0\] repeat one')])
+def test_a_sweep_that_would_run_one_run_as_two_is_refused(points, seeds, message):
+  with pytest.raises(sweep_runs.SweepError, match=message):
+    sweep_runs.plan(Sweep(points=points, seeds=seeds), 'configs/demo.py', 'w', [])
