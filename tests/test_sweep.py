@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from configs.sweeps import Claim, Point, Sweep
+import run_files
 from sweeps import report as sweep_report, runs as sweep_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -309,7 +310,7 @@ def test_a_run_stopped_under_new_flags_is_not_finished_with_its_old_numbers(
 
   short = _sweep(*args('--config.num_train_steps=2'))
   assert short.returncode == 0, short.stderr[-3000:]
-  assert sweep_runs.FINAL_KEY in _results(workdir, 'baseline/seed=0')
+  assert run_files.FINAL_KEY in _results(workdir, 'baseline/seed=0')
   recorded = (run / 'run.json').read_text()
 
   # The same run, longer, stopped by SIGTERM once it trains past step 2.
