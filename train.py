@@ -1,5 +1,6 @@
 """train_and_evaluate(config, workdir): the training loop, evaluation and metrics."""
 
+import contextlib
 import functools
 import os
 import time
@@ -178,12 +179,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                            progress=bookkeeping())
         preempted = waiting_for_data = True
         break
-      if eta is None:
-        with console.phase('Compiling the train step'):
-          state, step_metrics = trainer.train_step(state, batch)
-        eta = console.Eta(num_steps, eval_every, step + 1, time.perf_counter())
-      else:
+      with (console.phase('Compiling the train step') if eta is None
+            else contextlib.nullcontext()):
         state, step_metrics = trainer.train_step(state, batch)
+      if eta is None:
+        eta = console.Eta(num_steps, eval_every, step + 1, time.perf_counter())
       pending.append(step_metrics)
 
       done = step + 1 == num_steps

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -57,7 +58,8 @@ def _assert_message_alone(result: subprocess.CompletedProcess, message: str,
   assert result.returncode == errors.EXIT_ERROR, result.stderr[-3000:]
   assert 'Traceback' not in result.stderr, result.stderr[-3000:]
   lines = result.stderr.strip().splitlines()
-  assert lines[-2].startswith('Error: ') and message in lines[-2], lines[-3:]
+  first = max(i for i, line in enumerate(lines) if line.startswith('Error: '))
+  assert message in '\n'.join(lines[first:-1]), lines[first:]
   assert lines[-1].startswith('(its traceback is in '), lines[-1]
   path = lines[-1].removeprefix('(its traceback is in ').split(';')[0]
   if log:
@@ -90,6 +92,18 @@ def test_a_user_error_is_its_message_alone(tmp_path, kind):
   result = _main(*args)
   # Training creates its workdir first; --mode=eval reads an existing one.
   _assert_message_alone(result, message, str(workdir / errors.ERROR_LOG))
+
+
+def test_a_config_mismatch_on_resume_is_its_message_alone(demo_run, tmp_path):
+  config, workdir = demo_run
+  shutil.copytree(workdir, tmp_path / 'work')
+  result = _main('--config=configs/demo.py:size=tiny', f'--workdir={tmp_path / "work"}',
+                 f'--config.data.data_dir={config.data.data_dir}',
+                 '--config.batch_size=16', '--config.eval_batch_size=16',
+                 '--config.num_train_steps=9', '--config.model.lrn_k=3.0')
+  _assert_message_alone(result, "The config differs from the checkpoint's in keys",
+                        str(tmp_path / 'work' / errors.ERROR_LOG))
+  assert 'model.lrn_k: 2.0 -> 3.0' in result.stderr
 
 
 def test_verbose_prints_the_traceback(tmp_path):
