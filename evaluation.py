@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import TextIO
@@ -176,13 +177,19 @@ def file_outputs(chosen: Chosen, paths: list[str], *,
   return outputs(chosen, examples, tf.io.read_file, len(paths), ten_crop=ten_crop)
 
 
+def split_inputs(inputs: str) -> list[str]:
+  """PATH[,PATH...] as paths; `\\,` is a comma within a path."""
+  return [p.replace('\\,', ',') for p in re.split(r'(?<!\\),', inputs)]
+
+
 def input_paths(config: ml_collections.ConfigDict) -> list[str]:
   """config.predict.inputs' files, and the images under its folders."""
   inputs = config.predict.inputs
   if not inputs:
     raise ValueError('Set --config.predict.inputs=PATH[,PATH...]: image files '
-                     'or folders of them (searched recursively).')
-  paths = image_folder.find_images(inputs.split(','))
+                     'or folders of them (searched recursively); write a comma '
+                     'within a path as \\,.')
+  paths = image_folder.find_images(split_inputs(inputs))
   if not paths:
     raise ValueError(f'No image files in --config.predict.inputs={inputs!r} '
                      '(folders are searched for .jpg, .jpeg, .png, .bmp, .gif).')
