@@ -150,7 +150,7 @@ def nonfinite_arrays(state: TrainState) -> list[str]:
   leaves = [(path, x) for path, x in jax.tree_util.tree_leaves_with_path(tree)
             if jnp.issubdtype(x.dtype, jnp.inexact)]
   finite = jax.device_get(_finite([x for _, x in leaves]))
-  return [jax.tree_util.keystr(path) for (path, _), ok in zip(leaves, finite)
+  return [jax.tree_util.keystr(path) for (path, _), ok in zip(leaves, finite, strict=True)
           if not ok]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import TextIO
@@ -175,20 +176,26 @@ def file_outputs(chosen: Chosen, paths: list[str], *,
   return outputs(chosen, examples, tf.io.read_file, len(paths), ten_crop=ten_crop)
 
 
+def split_inputs(inputs: str) -> list[str]:
+  """PATH[,PATH...] as paths; `\\,` is a comma within a path."""
+  return [p.replace('\\,', ',') for p in re.split(r'(?<!\\),', inputs)]
+
+
 def input_paths(config: ml_collections.ConfigDict) -> list[str]:
   """config.predict.inputs' files, and the images under its folders."""
   inputs = config.predict.inputs
   if not inputs:
     raise errors.InvalidInput('Set --config.predict.inputs=PATH[,PATH...]: image files '
-                              'or folders of them (searched recursively).')
+                              'or folders of them (searched recursively); write a '
+                              'comma within a path as \,.')
   # Named before any checkpoint loads: a misspelt path is no unreadable image.
-  missing = [p for p in inputs.split(',') if not os.path.exists(p)]
+  missing = [p for p in split_inputs(inputs) if not os.path.exists(p)]
   if missing:
     raise errors.NotFound(
         f'--config.predict.inputs names {", ".join(map(repr, missing))}, which '
         f'do{"es" if len(missing) == 1 else ""} not exist (relative paths start '
         f'from {os.getcwd()}).')
-  paths = image_folder.find_images(inputs.split(','))
+  paths = image_folder.find_images(split_inputs(inputs))
   if not paths:
     raise errors.InvalidInput(f'No image files in --config.predict.inputs={inputs!r} '
                               '(folders are searched for .jpg, .jpeg, .png, .bmp, .gif).')

@@ -47,7 +47,7 @@ def _uncarry(values: list[float] | None) -> list[TrainMetrics]:
     return []
   template = jax.tree.leaves(TrainMetrics.empty())
   return [jax.tree.unflatten(jax.tree.structure(TrainMetrics.empty()), [
-      np.asarray(v, t.dtype) for v, t in zip(values, template)])]
+      np.asarray(v, t.dtype) for v, t in zip(values, template, strict=True)])]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

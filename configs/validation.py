@@ -4,6 +4,7 @@ for the network; each problem named with its key and the valid range."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,8 @@ Check = tuple[Callable[[Any], bool], str]  # (is the value valid, valid range)
 
 
 def _number(x: Any) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
+  """A finite int or float (NaN and infinity are not settings)."""
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _int(low: int) -> Check:
@@ -33,7 +35,7 @@ def _between(low: float, high: float, *, low_open: bool = False,
 
 
 def _positive() -> Check:
-  return (lambda x: _number(x) and x > 0), 'a number > 0'
+  return (lambda x: _number(x) and x > 0), 'a finite number > 0'
 
 
 def _one_of(*values: Any) -> Check:
@@ -183,6 +185,11 @@ def check(config: ml_collections.ConfigDict) -> None:
       problems.append(
           '--config.data.image_folder and --config.data.imagenet_folder are both '
           'set: name one source (imagenet_folder for ILSVRC-2012 extracted).')
+    if config.data.image_size > config.data.resize_size:
+      problems.append(
+          f'--config.data.image_size={config.data.image_size}: must not exceed '
+          f'data.resize_size={config.data.resize_size}, the side of the resized '
+          'image the crops are taken from.')
     if _output_side(config) < 1:
       problems.append(
           f'--config.data.image_size={config.data.image_size}: too small for '

@@ -27,6 +27,7 @@ import sys
 
 from absl import app, flags, logging
 
+import run_files
 from sweeps import report, slurm
 from sweeps.runs import (MAIN, Run, SweepError, check, finished, load_sweep, plan,
                          record)
@@ -105,7 +106,16 @@ def main(argv: list[str]) -> None:
   if FLAGS.dry_run or FLAGS.emit:
     return
   os.makedirs(FLAGS.workdir, exist_ok=True)
-  failed, stopped = ([], False) if FLAGS.report else train(runs)
+  if FLAGS.report:
+    failed, stopped = [], False
+  else:
+    try:
+      # One sweep at a time: a second would find the first's runs locked and
+      # report them as failed.
+      with run_files.WorkdirLock(FLAGS.workdir):
+        failed, stopped = train(runs)
+    except run_files.WorkdirLockedError as e:
+      sys.exit(f'Error: {e}')
   if stopped:
     logging.warning('Stopped by SIGTERM; run the same command to resume.')
     return

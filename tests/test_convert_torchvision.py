@@ -152,3 +152,50 @@ def test_a_network_other_than_torchvisions_is_refused(tmp_path):
   # Its weights were trained on torchvision's per-channel mean.
   with pytest.raises(ValueError, match=r'not the paper\'s mean image.*arch=owt,mean=channel'):
     convert_torchvision.write(alexnet.get_config('arch=owt'), {}, str(tmp_path / 'w'))
+
+
+def _broken(tmp_path, original, how):
+  """A copy of `original`'s state dict file, broken as `how` says."""
+  path = tmp_path / f'{how}.pth'
+  state = torch.load(original, weights_only=True)
+  if how == 'no_fc8_bias':
+    del state['classifier.6.bias']
+  elif how == 'flat_conv1':
+    state['features.0.weight'] = state['features.0.weight'][0]
+  elif how == 'wrapped':
+    state = {'state_dict': state, 'epoch': 90}
+  elif how == 'empty':
+    path.write_bytes(b'')
+    return path
+  elif how == 'garbage':
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    return path
+  torch.save(state, path)
+  return path
+
+
+@pytest.mark.parametrize('how, message', [
+    ('no_fc8_bias', r"is not a torchvision AlexNet state dict: it lacks \['classifier.6.bias'\]"),
+    ('flat_conv1', r'is not a torchvision AlexNet state dict: features.0.weight has '
+                   r'shape \(3, 11, 11\), not 4-D'),
+    ('empty', r'is empty \(0 bytes\): not a saved state dict'),
+    ('garbage', r'is not a PyTorch file of tensors that torch.load\(weights_only=True\) '
+                r'can read \(UnpicklingError')])
+def test_a_broken_weights_file_is_named_with_what_is_wrong(tiny_torch_model, tmp_path,
+                                                           how, message):
+  path = _broken(tmp_path, tiny_torch_model[0], how)
+  with pytest.raises(ValueError, match=f'^{path} {message}'):
+    convert_torchvision.load_state_dict(str(path))
+
+
+def test_a_state_dict_wrapper_is_accepted_and_the_input_size_checked(tiny_torch_model,
+                                                                      tmp_path):
+  path = tiny_torch_model[0]
+  wrapped = convert_torchvision.load_state_dict(str(_broken(tmp_path, path, 'wrapped')))
+  plain = convert_torchvision.load_state_dict(str(path))
+  assert wrapped.keys() == plain.keys()
+  config = _config('tiny')
+  config.data.image_size = 227
+  with pytest.raises(ValueError, match=r"data.image_size=227: torchvision's AlexNet "
+                                       'takes 224x224 inputs'):
+    convert_torchvision.write(config, plain, str(tmp_path / 'w'))

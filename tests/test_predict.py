@@ -160,3 +160,12 @@ def test_a_diverged_model_writes_no_prediction_and_says_so(demo_run, images, tmp
       'the model diverged')):
     evaluation.predict(config, str(tmp_path), out)
   assert out.getvalue() == ''
+
+
+def test_a_comma_within_an_input_path_is_written_backslash_comma(tmp_path):
+  os.makedirs(tmp_path / 'a,b')
+  for path in (tmp_path / 'a,b' / 'x.png', tmp_path / 'c.png'):
+    Image.new('RGB', (8, 8)).save(path)
+  config = alexnet.get_config()
+  config.predict.inputs = f'{tmp_path}/a\\,b,{tmp_path}/c.png'
+  assert evaluation.input_paths(config) == [f'{tmp_path}/a,b/x.png', f'{tmp_path}/c.png']

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+import run_files
 from configs.sweeps import Claim, Point, Sweep
 import run_files
 from sweeps import report as sweep_report, runs as sweep_runs
@@ -22,6 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # 2 points x 2 seeds, as configs/sweeps/paper_ablations.py declares its 4 x N.
 TINY_SWEEP = '''
+import run_files
 from configs.sweeps import Claim, Point, Sweep
 
 
@@ -353,3 +355,19 @@ def test_a_run_stopped_under_new_flags_is_not_finished_with_its_old_numbers(
 def test_a_sweep_that_would_run_one_run_as_two_is_refused(points, seeds, message):
   with pytest.raises(sweep_runs.SweepError, match=message):
     sweep_runs.plan(Sweep(points=points, seeds=seeds), 'configs/demo.py', 'w', [])
+
+
+def test_a_second_sweep_on_a_workdir_in_use_is_refused_naming_the_holder(
+    tmp_path, data_dir):
+  (tmp_path / 'one.py').write_text(ONE_RUN_SWEEP)
+  workdir = tmp_path / 'sweep'
+  workdir.mkdir()
+  with run_files.WorkdirLock(str(workdir)):  # as a sweep in progress holds it
+    result = _sweep(sys.executable, '-m', 'sweeps', f'--sweep={tmp_path / "one.py"}',
+                    '--config=configs/demo.py:size=tiny', f'--workdir={workdir}', '--',
+                    f'--config.data.data_dir={data_dir}', '--config.num_train_steps=2')
+  assert result.returncode == 1
+  error = result.stderr.strip().splitlines()[-1]
+  assert error.startswith(f'Error: {workdir} is in use by the run of process {os.getpid()}')
+  assert 'failed' not in result.stderr
+  assert sorted(os.listdir(workdir)) == ['lock']  # no run started, no report

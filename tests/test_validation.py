@@ -41,6 +41,12 @@ def test_the_configs_are_valid(config):
      'works is 67.'),
     ('model.features', (96, 256, 384, 384, 255),
      'each must divide into model.towers=2 towers'),
+    ('optimizer.learning_rate', float('inf'),
+     '--config.optimizer.learning_rate=inf: must be a finite number > 0.'),
+    ('optimizer.learning_rate', float('nan'),
+     '--config.optimizer.learning_rate=nan: must be a finite number > 0.'),
+    ('data.image_size', 257, '--config.data.image_size=257: must not exceed '
+     'data.resize_size=256, the side of the resized image the crops are taken from.'),
 ])
 def test_a_bad_setting_is_named_with_its_valid_range(key, value, message):
   config = alexnet.get_config()

@@ -1,10 +1,13 @@
 """torchvision's AlexNet weights as a checkpoint of the `arch=owt` network.
 
   python -m tools.convert_torchvision --config=configs/alexnet.py:arch=owt,mean=channel \\
-      --weights=alexnet-owt-7be5be79.pth --workdir=runs/torchvision
+      --weights=alexnet-owt-7be5be79.pth --workdir=runs/torchvision \\
+      '--config.data.mean_rgb=(123.675, 116.28, 103.53)' \\
+      '--config.data.std_rgb=(58.395, 57.12, 57.375)'
 
 reads a torchvision AlexNet state dict (torch.load with weights_only=True:
-tensors only, never arbitrary pickled objects) and saves it as step 0 of
+tensors only, never arbitrary pickled objects; a {'state_dict': ...}
+wrapper is accepted) and saves it as step 0 of
 WORKDIR's checkpoints, which --mode=eval, --mode=predict and the figures
 then restore as 'latest', and --config.init_from starts a run from. Pass
 the same --config flags as those later commands: a checkpoint records its
@@ -43,29 +46,65 @@ _DENSES = {'fc6': 'classifier.1', 'fc7': 'classifier.4', 'fc8': 'classifier.6'}
 # The model fields torchvision's network has (models/presets.py: 'owt').
 _TORCHVISION_MODEL = dict(towers=1, norm='none', conv1_kernel=11, conv1_stride=4,
                           conv1_padding=2, pool_window=3, pool_stride=2)
+_TORCHVISION_IMAGE_SIZE = 224
 # torchvision's normalisation, (x / 255 - mean) / std, in this pipeline's
 # 0-255 units: data.mean_rgb = 255 mean, data.std_rgb = 255 std.
 MEAN_RGB = (123.675, 116.28, 103.53)
 STD_RGB = (58.395, 57.12, 57.375)
 
 
+_SAVE = 'save the model with torch.save(model.state_dict(), path)'
+
+
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A .pth state dict as float32 NumPy arrays; tensors only (weights_only)."""
-  import torch  # the converter's own dependency (requirements-torch.txt)
-  state = torch.load(path, map_location='cpu', weights_only=True)
+  """A .pth state dict (or {'state_dict': it}) as float32 NumPy arrays;
+  tensors only (weights_only). What is wrong with the file is named."""
+  import pickle  # noqa: PLC0415  (torch.load's errors)
+
+  import torch  # noqa: PLC0415  (the converter's own dependency, requirements-torch.txt)
+  if os.path.isfile(path) and os.path.getsize(path) == 0:
+    raise ValueError(f'{path} is empty (0 bytes): not a saved state dict; {_SAVE}.')
+  try:
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+    raise ValueError(
+        f'{path} is not a PyTorch file of tensors that torch.load(weights_only='
+        f'True) can read ({type(e).__name__}: {str(e).splitlines()[0]}); {_SAVE}. '
+        'Never load it with weights_only=False unless you trust its source.') from e
+  if isinstance(state, Mapping) and isinstance(state.get('state_dict'), Mapping):
+    state = state['state_dict']
   if not isinstance(state, Mapping):
     raise ValueError(f'{path} holds a {type(state).__name__}, not a state dict; '
-                     'save the model with torch.save(model.state_dict(), path).')
-  return {k: v.detach().float().numpy() for k, v in state.items()}
+                     f'{_SAVE}.')
+  if other := [k for k, v in state.items() if not isinstance(v, torch.Tensor)]:
+    raise ValueError(f'{path}: {other[:3]} are not tensors; a state dict maps '
+                     f'names to tensors ({_SAVE}).')
+  state = {k: v.detach().float().numpy() for k, v in state.items()}
+  check_state_dict(state, path)
+  return state
+
+
+def check_state_dict(state: Mapping[str, np.ndarray], what: str = 'The state dict') -> None:
+  """Raises ValueError naming `what` and the keys it lacks, or the arrays
+  whose number of dimensions is not torchvision AlexNet's."""
+  missing = sorted({f'{p}.{w}' for p in (*_CONVS.values(), *_DENSES.values())
+                    for w in ('weight', 'bias')} - set(state))
+  if missing:
+    raise ValueError(f'{what} is not a torchvision AlexNet state dict: it lacks '
+                     f'{missing} (it has {sorted(state)[:8]}...).')
+  ndim = {**{f'{p}.weight': 4 for p in _CONVS.values()},
+          **{f'{p}.weight': 2 for p in _DENSES.values()},
+          **{f'{p}.bias': 1 for p in (*_CONVS.values(), *_DENSES.values())}}
+  wrong = [f'{k} has shape {tuple(np.shape(state[k]))}, not {n}-D'
+           for k, n in ndim.items() if np.ndim(state[k]) != n]
+  if wrong:
+    raise ValueError(f'{what} is not a torchvision AlexNet state dict: '
+                     + '; '.join(wrong) + '.')
 
 
 def convert(state: Mapping[str, np.ndarray]) -> dict:
   """torchvision AlexNet weights -> this AlexNet's parameters (float32)."""
-  missing = sorted({f'{p}.{w}' for p in (*_CONVS.values(), *_DENSES.values())
-                    for w in ('weight', 'bias')} - set(state))
-  if missing:
-    raise ValueError(f'Not a torchvision AlexNet state dict: it lacks {missing} '
-                     f'(it has {sorted(state)[:8]}...).')
+  check_state_dict(state)
   params = {}
   for name, prefix in _CONVS.items():
     weight = state[f'{prefix}.weight']                    # (out, in, kh, kw)
@@ -93,6 +132,11 @@ def check_model(config: ml_collections.ConfigDict) -> None:
         'in ' + ', '.join(f'model.{k}={config.model[k]!r} (needs {v!r})'
                           for k, v in wrong.items()) +
         '. Use --config=configs/alexnet.py:arch=owt,mean=channel.')
+  if config.data.image_size != _TORCHVISION_IMAGE_SIZE:
+    raise ValueError(
+        f'data.image_size={config.data.image_size}: torchvision\'s AlexNet takes '
+        f'{_TORCHVISION_IMAGE_SIZE}x{_TORCHVISION_IMAGE_SIZE} inputs (its fc6 '
+        'expects pool5 at 6x6); use arch=owt\'s default.')
   if config.data.mean_image:
     raise ValueError(
         "torchvision's weights expect its per-channel normalisation, not the "
@@ -108,6 +152,7 @@ def write(config: ml_collections.ConfigDict, state_dict: Mapping[str, np.ndarray
     raise FileExistsError(f'{workdir} already has checkpoints; convert into a '
                           'new --workdir.')
   config = config.copy_and_resolve_references()
+  params = convert(state_dict)
   classes = state_dict['classifier.6.bias'].shape[0]
   if config.model.num_classes not in (0, classes):
     raise ValueError(f'The weights have {classes} classes, the config '
@@ -115,7 +160,6 @@ def write(config: ml_collections.ConfigDict, state_dict: Mapping[str, np.ndarray
   config.model.num_classes = classes
   trainer = Trainer(config, parallel.make_mesh(config.mesh))
   state = trainer.init(config.seed)
-  params = convert(state_dict)
   shapes = jax.tree.map(np.shape, state.params)
   if jax.tree.map(np.shape, params) != shapes:
     raise ValueError(f'The weights\' shapes {jax.tree.map(np.shape, params)} do not '
