@@ -187,7 +187,7 @@ def input_paths(config: ml_collections.ConfigDict) -> list[str]:
   if not inputs:
     raise errors.InvalidInput('Set --config.predict.inputs=PATH[,PATH...]: image files '
                               'or folders of them (searched recursively); write a '
-                              'comma within a path as \,.')
+                              'comma within a path as \\,.')
   # Named before any checkpoint loads: a misspelt path is no unreadable image.
   missing = [p for p in split_inputs(inputs) if not os.path.exists(p)]
   if missing:
