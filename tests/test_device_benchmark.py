@@ -89,7 +89,7 @@ def test_benchmark_runs_without_the_data_stack_from_carried_wheels(tmp_path):
   installed = re.search(r'^carried wheels to install: (.*)$', log, re.MULTILINE).group(1)
   assert sorted(Path(w).name for w in installed.split()) == sorted(
       p.name for p in (REPO / '.whl').glob('*.whl'))
-  assert re.search(r'^## benchmark_float32_2: .*\nexit 0 after', summary, re.MULTILINE), summary
+  assert re.search(r'^## benchmark_float32_2_paper: .*\nexit 0 after', summary, re.MULTILINE), summary
   assert re.search(r'^Train step, batch 2, float32, on cpu .*JAX .*PyTorch ', summary, re.MULTILINE)
   assert re.search(r'^Host: .*\(.*\); XLA_FLAGS: ', summary, re.MULTILINE), summary
   assert re.search(r'^paper: jax img/s [\d.]+, torch img/s [\d.]+ \(eager, contiguous\), '
