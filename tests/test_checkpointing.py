@@ -543,12 +543,12 @@ def chatter():
     time.sleep(0.01)
     sys.stderr.write("raise RuntimeError('Event loop is closed')\\n")
 
-def fail(config, workdir):
+def fail(config):
   logging.getLogger().addHandler(Cue())
   threading.Thread(target=chatter, daemon=True).start()
   raise OSError('No space left on device\\nFree disk space.')
 
-main.MODES['summary'] = main.Mode(fail, help='fails')
+main.MODES['summary'] = main.Mode('__main__:fail', help='fails')
 main.app.run(main.main, flags_parser=main.parse_flags)
 """
 

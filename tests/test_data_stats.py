@@ -26,7 +26,7 @@ from configs import demo as demo_config
 from data import batching, preprocessing, sources, statistics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIZE = 32
+SIZE = 72  # the network takes crops of 67 or more, and crops fit the resize
 EIGVAL = np.array([0.01, 0.003, 0.0005])      # [0, 1] pixel units
 EIGVEC = np.linalg.qr(np.random.default_rng(3).normal(size=(3, 3)))[0]
 MEAN = np.array([0.5, 0.45, 0.4])
@@ -47,7 +47,7 @@ def _write_images(directory, count, rng, first=0):
 def _stats_command(root, *flags):
   return [sys.executable, 'main.py', '--config=configs/demo.py', '--mode=stats',
           f'--config.data.image_folder={root}',
-          f'--config.data.resize_size={SIZE}', *flags]
+          f'--config.data.resize_size={SIZE}', f'--config.data.image_size={SIZE}', *flags]
 
 
 @pytest.fixture(scope='module')
