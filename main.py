@@ -119,12 +119,9 @@ def main(argv):
     raise app.UsageError(f'--workdir is required for --mode={FLAGS.mode}.')
   try:
     validation.check(FLAGS.config)
-  except ValueError as e:
-    sys.exit(f'Error: {e}')
-  try:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id, FLAGS.distributed_timeout)
-  except parallel.DistributedError as e:
+  except (ValueError, parallel.DistributedError) as e:
     sys.exit(f'Error: {e}')
   try:
     output = mode.run(FLAGS.config, FLAGS.workdir)
