@@ -148,7 +148,7 @@ def outputs(chosen: Chosen, examples: tf.data.Dataset,
   config = chosen.config
   batches = chosen.dataset.views(
       examples, load, ten_crop=ten_crop, resample=resample,
-      batch_size=parallel.process_batch_size(config.eval_batch_size))
+      batch_size=parallel.process_shard().local(config.eval_batch_size))
   expected = 0
   with tqdm.tqdm(total=count, unit='img', file=sys.stderr) as progress:
     for batch in batches:

@@ -40,15 +40,15 @@ def _cluster_detected() -> bool:
   """Whether a cluster manager started this process, so jax.distributed can
   read the process layout from the environment (Cloud TPU: its metadata)."""
   env = os.environ
-  if int(env.get('SLURM_NTASKS', '1')) > 1 and 'SLURM_STEP_NODELIST' not in env:
+  slurm_tasks = int(env.get('SLURM_NTASKS', '1'))
+  if slurm_tasks > 1 and 'SLURM_STEP_NODELIST' not in env:
     # A batch script or a shell on an allocated node: no job step, so no layout.
     raise DistributedError(
-        f'SLURM_NTASKS={env["SLURM_NTASKS"]} but this process is not in a job step '
+        f'SLURM_NTASKS={slurm_tasks} but this process is not in a job step '
         '(no SLURM_STEP_NODELIST): it was started without srun. Launch every process '
         'with srun, e.g. `srun python main.py ...` in the sbatch script '
         '(python -m cluster writes one).')
-  return (int(env.get('SLURM_NTASKS', '1')) > 1
-          or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
+  return (slurm_tasks > 1 or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
           or 'TPU_WORKER_HOSTNAMES' in env or 'TPU_PROCESS_ADDRESSES' in env
           or importlib.util.find_spec('libtpu') is not None)
 
@@ -177,11 +177,6 @@ def host_array(x: jax.Array) -> np.ndarray:
   """The whole of a (sharded) array on this process's host; every process
   must call it."""
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def process_batch_size(batch_size: int) -> int:
-  """This process's part of a global batch (check_batch makes it whole)."""
-  return batch_size // jax.process_count()
 
 
 @dataclasses.dataclass(frozen=True)

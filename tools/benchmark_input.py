@@ -157,7 +157,7 @@ def report(config: ml_collections.ConfigDict) -> str:
   """Runs the loaders in alternation; returns the report."""
   data = config.data
   workers = len(os.sched_getaffinity(0))  # the CPUs this process may use
-  batch_size = parallel.process_batch_size(config.batch_size)
+  batch_size = parallel.process_shard().local(config.batch_size)
   dataset = input_pipeline.load(data)
   images = _encoded_training_images(dataset, _IMAGES_PER_ROUND)
   timers = {

@@ -80,7 +80,7 @@ class JaxStep:
     self.device_kind = jax.devices()[0].device_kind
     self.state = trainer.init(config.seed)
     self.batch = parallel.global_batch(
-        synthetic_batch(config, parallel.process_batch_size(config.batch_size),
+        synthetic_batch(config, parallel.process_shard().local(config.batch_size),
                         corners=mean_image is not None),
         trainer.batch_sharding)
     jax.block_until_ready((self.state, self.batch))
