@@ -22,7 +22,7 @@ import lr_schedule
 import parallel
 from models import AlexNet
 from models.alexnet import RELU_LAYERS, relu_output
-from runtime import errors
+from runtime import dispatch, errors
 
 
 @flax.struct.dataclass
@@ -225,13 +225,15 @@ def _forward(state: TrainState, images: jax.Array, model: nn.Module
   return logits, zeros, fc7
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
+def eval_step(state: TrainState, batch: dict[str, jax.Array], total: EvalMetrics, *,
               model: nn.Module, std: tuple[float, ...],
               mean_image: np.ndarray | None = None) -> EvalMetrics:
+  """`total` with the batch's metrics merged in: one computation per batch,
+  where merging outside would queue one per metric."""
   logits, zeros, _ = _forward(state, standardize(batch, std, mean_image), model)
-  return EvalMetrics.single_from_model_output(
+  return total.merge(EvalMetrics.single_from_model_output(
       mask=batch['mask'], **classification_outputs(logits, batch['label']),
-      nonfinite=(~finite_rows(logits)).astype(jnp.float32), **zeros)
+      nonfinite=(~finite_rows(logits)).astype(jnp.float32), **zeros))
 
 
 def predict_step(state: TrainState, batch: dict[str, jax.Array], *,
@@ -301,8 +303,10 @@ class Trainer:
     self._p_eval_step = jax.jit(
         functools.partial(eval_step, model=self.model, std=std,
                           mean_image=mean_image),
-        in_shardings=(self.state_sharding, self.batch_sharding),
+        in_shardings=(self.state_sharding, self.batch_sharding, replicated),
         out_shardings=replicated)
+    self._p_no_metrics = jax.jit(EvalMetrics.empty, out_shardings=replicated)
+    self._in_flight = dispatch.Window()
     self._p_predict_step = jax.jit(
         functools.partial(predict_step, model=self.model, std=std,
                           mean_image=mean_image),
@@ -355,17 +359,22 @@ class Trainer:
                  batch: dict[str, np.ndarray]) -> tuple[TrainState, TrainMetrics]:
     _check_keys(batch, _TRAIN_KEYS)
     with self._context():
-      return self._p_train_step(state, parallel.global_batch(batch, self.batch_sharding))
+      state, metrics = self._p_train_step(
+          state, parallel.global_batch(batch, self.batch_sharding))
+    self._in_flight.add(metrics)
+    return state, metrics
 
   def evaluate(self, state: TrainState,
                batches: Iterator[dict[str, np.ndarray]]) -> EvalMetrics:
-    total = None
     with self._context():
+      total, empty = self._p_no_metrics(), True
       for batch in batches:
         _check_keys(batch, _EVAL_KEYS)
-        m = self._p_eval_step(state, parallel.global_batch(batch, self.batch_sharding))
-        total = m if total is None else total.merge(m)
-    if total is None:
+        total = self._p_eval_step(
+            state, parallel.global_batch(batch, self.batch_sharding), total)
+        self._in_flight.add(total)
+        empty = False
+    if empty:
       raise ValueError('The evaluation split yielded no batches.')
     return total
 
