@@ -188,6 +188,7 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
       steps=3,              # timed steps a round, in each framework
       rounds=3,             # rounds, alternating between the frameworks
       torch='best',         # best: PyTorch's fastest mode | eager | compile | off: JAX alone
+      malloc='reuse',       # reuse: both workers keep freed memory (tools/benchmark.py: MALLOC) | system
   ))
   # Steps (first, count) whose JAX profiler trace goes to <workdir>/profile;
   # () traces none.

@@ -30,11 +30,10 @@ COMMON = (
 # first feature it has decides. A flag enters only once measured faster in
 # the whole train step, in one run against COMMON alone, on such a processor.
 BY_FEATURE: Mapping[str, Sequence[str]] = {
-    # Intel Xeon with AMX: oneDNN's and XNNPACK's convolutions are the
-    # candidates; not yet measured in one run (docs/performance.md).
+    # None yet on either. oneDNN's and XNNPACK's convolution flags, the
+    # candidates for AVX-512 and AMX, leave the compiled convolutions as
+    # they are in the pinned jaxlib (docs/performance.md#per-processor).
     'amx_tile': (),
-    # AMD EPYC with AVX-512: oneDNN and XNNPACK measured, no gain told apart
-    # from the shared machine's drift (docs/performance.md).
     'avx512f': (),
 }
 

@@ -41,6 +41,9 @@ def test_smoke_run_prints_the_table_and_a_line_per_architecture(tmp_path):
   # The processor and the flags the JAX worker ran with.
   assert re.search(rf'^Host: {re.escape(processor.this().describe())}; XLA_FLAGS: '
                    rf'{re.escape(xla_flags.COMMON[0])}', out, re.M), out
+  # Both workers keep freed memory for reuse unless benchmark.malloc=system.
+  assert re.search(rf'^GLIBC_TUNABLES: {re.escape(benchmark.MALLOC["reuse"])} '
+                   r'\(benchmark.malloc=reuse, in both workers\)\.$', out, re.M), out
   header = re.search(r'^arch\s+framework\s+mode\s+first step\s+median step \(min-max\)\s+'
                      r'img/s\s+peak memory\s+MFU$', out, re.M)
   assert header, out
@@ -75,6 +78,10 @@ def test_unknown_architecture_and_torch_mode_are_named(small_config):
     benchmark.report(config)
   config.benchmark.torch = 'fastest'
   with pytest.raises(ValueError, match="benchmark.torch='fastest': use one of off, best, eager, compile"):
+    benchmark.report(config)
+  config.benchmark.torch = 'eager'
+  config.benchmark.malloc = 'jemalloc'
+  with pytest.raises(ValueError, match="benchmark.malloc='jemalloc': use one of reuse, system"):
     benchmark.report(config)
 
 

@@ -56,6 +56,18 @@ TORCH_MODES = {
 }
 CANDIDATES = ['contiguous', 'channels_last', 'compile']
 
+# benchmark.malloc -> the GLIBC_TUNABLES both workers start with. 'reuse':
+# freed memory stays in the process (one arena, no mmap'd blocks, no trim),
+# as a tuned CPU setup has with jemalloc or tcmalloc; with glibc's defaults
+# every step page-faults its activations afresh, which cost each framework
+# a sixth to a fifth of its CPU step (docs/performance.md#the-allocator).
+# 'system': the defaults. A GLIBC_TUNABLES already set is left as it is.
+MALLOC = {
+    'reuse': 'glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=4294967296:'
+             'glibc.malloc.trim_threshold=4294967296',
+    'system': None,
+}
+
 # Dense peak FLOP/s from vendors' datasheets, the first matching device kind
 # wins: (kind contains, float32 peak, bfloat16 peak). float32 is the TF32
 # tensor-core peak on GPUs, which XLA and cuDNN use for float32 by default;
@@ -75,7 +87,7 @@ DATASHEET_PEAKS = (
 class Worker:
   """A tools/benchmark_worker.py process: one framework's train step."""
 
-  def __init__(self, spec: dict[str, Any]):
+  def __init__(self, spec: dict[str, Any], malloc: str | None):
     self.name = spec['framework']
     self.log = tempfile.TemporaryFile('w+')
     # The repository first; a PYTHONPATH already set (the wheels that
@@ -87,6 +99,8 @@ class Worker:
            # The first step compiles in both, not reads a cache.
            'JAX_ENABLE_COMPILATION_CACHE': 'false',
            'TORCHINDUCTOR_FORCE_DISABLE_CACHES': '1'}
+    if malloc:
+      env.setdefault('GLIBC_TUNABLES', malloc)
     self.process = subprocess.Popen(
         [sys.executable, '-m', 'tools.benchmark_worker'], cwd=REPO, env=env,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
@@ -171,12 +185,12 @@ def measure(arch: str, variants: str, config: ml_collections.ConfigDict,
     mode = TORCH_MODES[bench.torch]
     if mode is None:
       choice = Worker(_spec('choose_torch_mode', variants, config,
-                            torch_modes=CANDIDATES))
+                            torch_modes=CANDIDATES), MALLOC[bench.malloc])
       mode = choice.ready['torch_mode']
       choice.close()
     specs['torch'] = _spec('torch', variants, config, torch_mode=mode)
   # One at a time, so that neither's compilation slows the other's.
-  workers = {name: Worker(spec) for name, spec in specs.items()}
+  workers = {name: Worker(spec, MALLOC[bench.malloc]) for name, spec in specs.items()}
   times = {name: [] for name in workers}
   for worker in workers.values():
     worker.steps(1)  # warm-up, not counted
@@ -245,6 +259,9 @@ def report(config: ml_collections.ConfigDict) -> str:
   if bench.torch not in ('off', *TORCH_MODES):
     raise errors.InvalidInput(f'benchmark.torch={bench.torch!r}: use one of off, '
                               f'{", ".join(TORCH_MODES)}.')
+  if bench.malloc not in MALLOC:
+    raise errors.InvalidInput(f'benchmark.malloc={bench.malloc!r}: use one of '
+                              f'{", ".join(MALLOC)}.')
   torch_version = None
   if bench.torch != 'off':
     try:
@@ -279,6 +296,8 @@ def report(config: ml_collections.ConfigDict) -> str:
       f'; {bench.rounds} alternating rounds of {bench.steps} steps after one warm-up step.',
       'Peak: ' + (f'{peak / 1e9:,.1f} GFLOP/s ({source}).' if peak else source + '.'),
       f'Host: {processor.this().describe()}; XLA_FLAGS: {first["xla_flags"] or "none"}.',
+      f'GLIBC_TUNABLES: {first["glibc_tunables"] or "none"} '
+      f'(benchmark.malloc={bench.malloc}, in both workers).',
       'Peak memory: ' + '; '.join(sorted({f'{r.framework}: {r.memory_source}'
                                           for r in results})) + '.']
   return format_report(results, header, peak, flops)

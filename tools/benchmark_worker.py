@@ -214,6 +214,7 @@ def serve(spec: dict[str, Any], requests: TextIO, replies: TextIO) -> None:
          'device_kind': worker.device_kind,
          'threads': worker.threads,
          'xla_flags': worker.xla_flags,
+         'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
          'matmul_flops_per_s': worker.matmul_flops_per_s})
   for line in requests:
     request = json.loads(line)
