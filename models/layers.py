@@ -123,7 +123,8 @@ class TowerConv(nn.Module):
         # Towers that see the same input are one convolution with their
         # kernels side by side: one large convolution is faster than several.
         y = conv(x[0], jnp.moveaxis(kernel, 0, -2).reshape(*kernel.shape[1:-1], -1))
-        return jnp.moveaxis(y.reshape(*y.shape[:-1], towers, -1), -2, 0) + bias[:, None, None, None]
+        y = jnp.moveaxis(y.reshape(*y.shape[:-1], towers, -1), -2, 0)
+        return y + bias[:, None, None, None]
       return jnp.stack([conv(x[t], kernel[t]) + bias[t] for t in range(towers)])
 
     y = _sharded_towers(per_tower, x, kernel, bias, self.mix_towers)

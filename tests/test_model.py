@@ -160,7 +160,7 @@ def test_two_towers_use_plain_convolutions_forward_and_backward():
   assert jaxpr.count('conv_general_dilated[') == 8 + 8 + 7
 
 
-def test_towers_that_see_one_input_are_each_their_own_convolution():
+def test_towers_that_see_one_input_compute_what_a_convolution_each_would():
   conv, params, x = _conv_and_input(mix_towers=True)
   kernel, bias = (nn.meta.unbox(params['params'][k]) for k in ('kernel', 'bias'))
   merged = layers.merge_towers(x)[0]
