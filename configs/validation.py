@@ -20,9 +20,10 @@ def _number(x: Any) -> bool:
   return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _int(low: int) -> Check:
-  return (lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= low,
-          f'an integer >= {low}')
+def _int(low: int, high: int | None = None) -> Check:
+  return (lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= low
+          and (high is None or x <= high),
+          f'an integer >= {low}' if high is None else f'an integer in [{low}, {high}]')
 
 
 def _between(low: float, high: float, *, low_open: bool = False,
@@ -88,7 +89,8 @@ RULES: dict[str, Check] = {
     'model.lrn_n': _int(1),
     'model.lrn_alpha': _between(0, float('inf')),
     'model.lrn_beta': _between(0, float('inf')),
-    'model.pool_window': _int(1),
+    # models/pooling.py keeps each window's argmax offset as an int8.
+    'model.pool_window': _int(1, 11),
     'model.pool_stride': _int(1),
     'model.dropout_rate': _between(0, 1),
     'model.dropout_position': _one_of('after', 'before'),

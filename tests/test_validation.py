@@ -45,6 +45,7 @@ def test_the_configs_are_valid(config):
      '--config.optimizer.learning_rate=inf: must be a finite number > 0.'),
     ('optimizer.learning_rate', float('nan'),
      '--config.optimizer.learning_rate=nan: must be a finite number > 0.'),
+    ('model.pool_window', 12, '--config.model.pool_window=12: must be an integer in [1, 11].'),
     ('data.image_size', 257, '--config.data.image_size=257: must not exceed '
      'data.resize_size=256, the side of the resized image the crops are taken from.'),
 ])
