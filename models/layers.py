@@ -168,7 +168,7 @@ def _inverse_power(t: jax.Array, beta: float) -> jax.Array:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def local_response_norm(x: jax.Array, k: float, n: int, alpha: float,
                         beta: float) -> jax.Array:
-  return x * _inverse_power(k + alpha * _window_sum(jnp.square(x), n), beta)
+  return _lrn_forward(x, k, n, alpha, beta)[0]
 
 
 def _lrn_forward(x, k, n, alpha, beta):
