@@ -124,6 +124,10 @@ def build(v: Mapping[str, str | None]) -> ml_collections.ConfigDict:
       dropout_position=arch['dropout_position'],  # after (paper) | before fc6, fc7
       initialization=variants.choose('init', init, ('paper', 'modern')),
       dtype=variants.choose('dtype', v['dtype'], ('float32', 'bfloat16')),
+      # How the 3x3 convolutions are computed: 'auto' takes Winograd's
+      # algorithm in float32 on a CPU and XLA's convolution elsewhere
+      # (models/winograd.py); 'direct' or 'winograd' forces one.
+      conv_algorithm='auto',
   ))
 
   config.optimizer = ml_collections.ConfigDict(dict(

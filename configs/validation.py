@@ -10,6 +10,7 @@ from typing import Any
 
 import ml_collections
 
+from models import winograd
 from runtime import errors
 
 Check = tuple[Callable[[Any], bool], str]  # (is the value valid, valid range)
@@ -96,6 +97,7 @@ RULES: dict[str, Check] = {
     'model.dropout_position': _one_of('after', 'before'),
     'model.initialization': _one_of('paper', 'modern'),
     'model.dtype': _one_of('float32', 'bfloat16'),
+    'model.conv_algorithm': _one_of(*winograd.ALGORITHMS),
     'optimizer.learning_rate': _positive(),
     'optimizer.momentum': _between(0, 1),
     'optimizer.weight_decay': _between(0, float('inf')),

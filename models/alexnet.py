@@ -70,6 +70,7 @@ class AlexNet(nn.Module):
   dropout_position: str = 'after'      # after fc6 and fc7 (paper) | before them (torchvision)
   initialization: str = 'paper'        # paper | modern
   dtype: str = 'float32'               # compute dtype; parameters stay float32
+  conv_algorithm: str = 'auto'         # auto | direct | winograd (models/winograd.py)
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
@@ -104,8 +105,8 @@ class AlexNet(nn.Module):
     x = layers.TowerConv(
         towers=self.towers, features=features, kernel_size=kernel,
         stride=stride, padding=padding, mix_towers=mix_towers,
-        kernel_init=kernel_init, bias_init=bias_init, dtype=self.dtype,
-        name=name)(x)
+        algorithm=self.conv_algorithm, kernel_init=kernel_init,
+        bias_init=bias_init, dtype=self.dtype, name=name)(x)
     return self._relu(name, x)
 
   def _dense(self, name: str, x: jax.Array, features: int,

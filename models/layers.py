@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from models import pooling
+from models import pooling, winograd
 
 Initializer = Callable[..., jax.Array]
 
@@ -34,27 +34,38 @@ def _mesh_axis(logical: str) -> str | tuple[str, ...] | None:
   return nn.logical_to_mesh_axes((logical,))[0]
 
 
-def _sharded_towers(fn, x, kernel, bias, mix_towers):
+def _sharded_towers(fn, x, kernel, bias, mix_towers, per_device=False):
   """Runs `fn` per local tower with each tower on its own 'tower' shard.
 
   Without this, XLA's partitioner would treat indexing the sharded tower
   axis as a reason to move data between shards. Inside shard_map each
   device loops over just the towers it holds, so conv2, conv4 and conv5
   need no communication at all; mixing layers get their input whole.
+  `per_device` runs `fn` on each device's own batch even with the towers
+  whole, so that its kernel gradient is summed over devices as the kernel
+  (Winograd's, in its own domain, is four times the kernel's size).
   """
   tower, batch = _mesh_axis('tower'), _mesh_axis('batch')
   mesh = jax.sharding.get_abstract_mesh()
   shards = 1 if tower is None or mesh.empty else math.prod(
       mesh.shape[a] for a in ((tower,) if isinstance(tower, str) else tower))
-  if shards == 1:
+  if shards == 1 and (mesh.empty or not per_device):
     return fn(x, kernel, bias)
   if kernel.shape[0] % shards:
     raise ValueError(f'{kernel.shape[0]} towers do not split over the '
                      f'{shards} devices of mesh axis {tower!r}; use a mesh '
                      'with one tower a shard (e.g. --config.mesh.model=2) or 1.')
   P = jax.sharding.PartitionSpec
+
+  def body(x, kernel, bias):
+    if per_device and batch is not None:
+      # Each device its own copy from here on: the gradient's all-reduce
+      # comes back to this point, the kernel, not to where it meets the batch.
+      kernel = lax.pcast(kernel, batch, to='varying')
+    return fn(x, kernel, bias)
+
   return jax.shard_map(
-      fn, in_specs=(P(None if mix_towers else tower, batch), P(tower), P(tower)),
+      body, in_specs=(P(None if mix_towers else tower, batch), P(tower), P(tower)),
       out_specs=P(tower, batch))(x, kernel, bias)
 
 
@@ -83,6 +94,7 @@ class TowerConv(nn.Module):
   stride: int = 1
   padding: int = 0
   mix_towers: bool = False
+  algorithm: str = 'auto'        # models/winograd.py: ALGORITHMS
   kernel_init: Initializer = nn.initializers.normal(0.01)
   bias_init: Initializer = nn.initializers.zeros
   dtype: Any = jnp.float32
@@ -112,7 +124,11 @@ class TowerConv(nn.Module):
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     pad = ((self.padding, self.padding),) * 2
 
+    use_winograd = winograd.applies(self.algorithm, k, self.stride, x.dtype)
+
     def conv(x, kernel):
+      if use_winograd:
+        return winograd.conv(x, kernel, self.padding)
       return lax.conv_general_dilated(
           x, kernel, (self.stride, self.stride), pad,
           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
@@ -127,7 +143,7 @@ class TowerConv(nn.Module):
         return y + bias[:, None, None, None]
       return jnp.stack([conv(x[t], kernel[t]) + bias[t] for t in range(towers)])
 
-    y = _sharded_towers(per_tower, x, kernel, bias, self.mix_towers)
+    y = _sharded_towers(per_tower, x, kernel, bias, self.mix_towers, use_winograd)
     return nn.with_logical_constraint(y, TOWER_ACTIVATION_AXES)
 
 

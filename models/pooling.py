@@ -7,9 +7,10 @@ times slower than PyTorch's backward (tools/layer_times.py,
 docs/performance.md). Here the forward pass also records, per output, the
 offset within its window where the maximum sits (an int8, the first in row
 order where several tie, as select-and-scatter takes). The backward pass
-visits the offsets in turn: the outputs whose maximum sits there give their
-gradient to the input at that offset, which lax.pad (interior padding
-stride - 1) spreads back onto the input's grid.
+computes each input's gradient where it lies: an input at (s*i + p, s*j + q)
+is offset (p + s*a, q + s*b) of the window (i - a, j - b), so each of the
+stride^2 phases (p, q) sums a few windows' gradients, selected by their
+offsets, and the phases interleave back into the input's grid in one pass.
 """
 
 from __future__ import annotations
@@ -27,16 +28,13 @@ def _strides(x: jax.Array, stride: int) -> tuple[int, ...]:
 
 def _window_offsets(x_shape: tuple[int, ...], out_hw: tuple[int, int], window: int,
                     stride: int):
-  """(offset, start, limit, pads) for each window offset in row order: the
-  strided slice of the input at that offset, and the padding that puts an
-  output-shaped array back at the input's positions of that offset."""
+  """(offset, start, limit) for each window offset in row order: the strided
+  slice of the input at that offset."""
   lead = len(x_shape) - 3
   for offset in range(window * window):
     di, dj = divmod(offset, window)
     limit_h, limit_w = di + stride * (out_hw[0] - 1) + 1, dj + stride * (out_hw[1] - 1) + 1
-    yield (offset, (0,) * lead + (di, dj, 0), (*x_shape[:-3], limit_h, limit_w, x_shape[-1]),
-           [(0, 0, 0)] * lead + [(di, x_shape[-3] - limit_h, stride - 1),
-                                 (dj, x_shape[-2] - limit_w, stride - 1), (0, 0, 0)])
+    yield offset, (0,) * lead + (di, dj, 0), (*x_shape[:-3], limit_h, limit_w, x_shape[-1])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -53,7 +51,7 @@ def _forward(x, window, stride):
   # Offsets visited last to first, so the first that holds the maximum wins;
   # none does (window * window) where the maximum is NaN: no gradient.
   argmax = jnp.full(y.shape, window * window, jnp.int8)
-  for offset, start, limit, _ in reversed(list(
+  for offset, start, limit in reversed(list(
       _window_offsets(x.shape, y.shape[-3:-1], window, stride))):
     argmax = jnp.where(lax.slice(x, start, limit, _strides(x, stride)) == y,
                        jnp.int8(offset), argmax)
@@ -62,11 +60,32 @@ def _forward(x, window, stride):
 
 def _backward(window, stride, residuals, g):
   x_shape, argmax = residuals
-  dx = jnp.zeros(x_shape, g.dtype)
-  for offset, _, _, pads in _window_offsets(x_shape, g.shape[-3:-1], window, stride):
-    dx = dx + lax.pad(jnp.where(argmax == offset, g, 0).astype(g.dtype),
-                      jnp.zeros((), g.dtype), pads)
-  return (dx,)
+  lead = g.ndim - 3
+  height, width, channels = x_shape[-3:]
+  rows, cols = -(-height // stride), -(-width // stride)
+  back = -(-window // stride) - 1  # windows before an input's own that reach it
+
+  def padded(a, fill):
+    # (..., back + rows, back + cols, C): a at [back:, back:], `fill` elsewhere.
+    return lax.pad(a, jnp.array(fill, a.dtype), [(0, 0, 0)] * lead + [
+        (back, rows - a.shape[-3], 0), (back, cols - a.shape[-2], 0), (0, 0, 0)])
+
+  argmax, g = padded(argmax, -1), padded(g, 0)
+  phases = []
+  for p in range(stride):
+    for q in range(stride):
+      dx = jnp.zeros((*g.shape[:-3], rows, cols, channels), g.dtype)
+      for a in range(back + 1):
+        for b in range(back + 1):
+          if p + stride * a < window and q + stride * b < window:
+            window_of = lambda t: t[..., back - a:back - a + rows, back - b:back - b + cols, :]
+            offset = (p + stride * a) * window + q + stride * b
+            dx = dx + jnp.where(window_of(argmax) == offset, window_of(g), 0)
+      phases.append(dx)
+  # (..., rows, cols, p, q, C) -> (..., rows * stride, cols * stride, C).
+  dx = jnp.stack(phases, -2).reshape(*g.shape[:-3], rows, cols, stride, stride, channels)
+  dx = jnp.moveaxis(dx, -3, -4).reshape(*g.shape[:-3], rows * stride, cols * stride, channels)
+  return (dx[..., :height, :width, :],)
 
 
 max_pool.defvjp(_forward, _backward)

@@ -149,6 +149,7 @@ def test_towers_at_conv2_in_the_full_model():
 
 def test_two_towers_use_plain_convolutions_forward_and_backward():
   model, size = _model()
+  model = model.clone(conv_algorithm='direct')  # Winograd's: tests/test_winograd.py
   images = jnp.zeros((2, size, size, 3))
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images))
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: model.apply(p, images).sum()))(params))

@@ -18,6 +18,8 @@ from models import layers, pooling
     ((1, 2, 14, 12, 3), 3, 2, jnp.float32),   # a row and a column no window reaches
     ((2, 2, 13, 13, 3), 2, 2, jnp.float32),   # pool=2x2: windows that do not overlap
     ((1, 2, 11, 11, 5), 3, 2, jnp.bfloat16),
+    ((1, 2, 15, 16, 3), 5, 2, jnp.float32),   # inputs in up to three windows a side
+    ((1, 1, 16, 17, 2), 4, 3, jnp.float32),   # stride 3
 ])
 def test_gradient_is_jaxs_with_ties(shape, window, stride, dtype):
   rng = np.random.RandomState(0)

@@ -90,7 +90,12 @@ class JaxStep:
     self.state, _ = self.compiled(self.state, self.batch)
     jax.block_until_ready(self.state)
     self.first_step = time.perf_counter() - start
-    cost = self.compiled.cost_analysis()
+    # MFU counts the network's FLOPs as XLA's own convolutions take them,
+    # whichever algorithm runs (Winograd's take fewer; models/winograd.py).
+    nominal = config.copy_and_resolve_references()
+    nominal.model.conv_algorithm = 'direct'
+    cost = Trainer(nominal, mesh, mean_image=mean_image).lower_train_step().compile(
+        ).cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost  # older JAX: one per device
     self.flops = float(cost.get('flops', 0.0))
     self.mode = 'jit'
