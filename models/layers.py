@@ -124,7 +124,8 @@ class TowerConv(nn.Module):
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     pad = ((self.padding, self.padding),) * 2
 
-    use_winograd = winograd.applies(self.algorithm, k, self.stride, x.dtype)
+    side = min(x.shape[-3:-1]) + 2 * self.padding - k + 1
+    use_winograd = winograd.applies(self.algorithm, k, self.stride, x.dtype, side)
 
     def conv(x, kernel):
       if use_winograd:

@@ -33,16 +33,24 @@ TILE = 4
 ALGORITHMS = ('auto', 'direct', 'winograd')
 
 
-def applies(algorithm: str, kernel_size: int, stride: int, dtype: jnp.dtype) -> bool:
-  """Whether a convolution runs as Winograd's: with 'winograd' every 3x3,
-  stride-1 one; with 'auto' those in float32 on a CPU, where XLA's own
-  convolutions are slower (on a GPU cuDNN picks its algorithm itself)."""
+# 'auto' leaves smaller maps to XLA: on 3x3 maps (the demo's conv3-conv5) the
+# transforms cost as much as the products save (docs/performance.md).
+MIN_AUTO_SIDE = 2 * TILE
+
+
+def applies(algorithm: str, kernel_size: int, stride: int, dtype: jnp.dtype,
+            side: int) -> bool:
+  """Whether a convolution with output maps `side` pixels across runs as
+  Winograd's: with 'winograd' every 3x3, stride-1 one; with 'auto' those in
+  float32 on a CPU, where XLA's own convolutions are slower (on a GPU cuDNN
+  picks its algorithm itself), on maps of at least MIN_AUTO_SIDE."""
   if algorithm not in ALGORITHMS:
     raise ValueError(f'Unknown conv_algorithm {algorithm!r}: use one of {ALGORITHMS}.')
   if algorithm == 'direct' or kernel_size != 3 or stride != 1:
     return False
   return algorithm == 'winograd' or (
-      jax.default_backend() == 'cpu' and jnp.dtype(dtype) == jnp.float32)
+      jax.default_backend() == 'cpu' and jnp.dtype(dtype) == jnp.float32
+      and side >= MIN_AUTO_SIDE)
 
 
 @functools.cache

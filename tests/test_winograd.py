@@ -46,15 +46,16 @@ def test_equals_xlas_convolution_forward_and_backward(shape, padding, tile):
 
 
 def test_which_convolutions_it_takes():
-  assert winograd.applies('winograd', 3, 1, jnp.bfloat16)
-  assert not winograd.applies('winograd', 5, 1, jnp.float32)   # conv2
-  assert not winograd.applies('winograd', 3, 2, jnp.float32)   # strided
-  assert not winograd.applies('direct', 3, 1, jnp.float32)
+  assert winograd.applies('winograd', 3, 1, jnp.bfloat16, 3)
+  assert not winograd.applies('winograd', 5, 1, jnp.float32, 13)  # conv2
+  assert not winograd.applies('winograd', 3, 2, jnp.float32, 13)  # strided
+  assert not winograd.applies('direct', 3, 1, jnp.float32, 13)
   on_cpu = jax.default_backend() == 'cpu'
-  assert winograd.applies('auto', 3, 1, jnp.float32) == on_cpu
-  assert not winograd.applies('auto', 3, 1, jnp.bfloat16)      # too coarse for its transforms
+  assert winograd.applies('auto', 3, 1, jnp.float32, 13) == on_cpu   # the paper's conv3-5
+  assert not winograd.applies('auto', 3, 1, jnp.float32, 3)          # the demo's
+  assert not winograd.applies('auto', 3, 1, jnp.bfloat16, 13)        # too coarse for its transforms
   with pytest.raises(ValueError, match="Unknown conv_algorithm 'fft'"):
-    winograd.applies('fft', 3, 1, jnp.float32)
+    winograd.applies('fft', 3, 1, jnp.float32, 13)
 
 
 def _model(algorithm, dtype='float32'):
@@ -70,13 +71,15 @@ def test_the_network_computes_the_same_either_way():
   # rounding: the whole network's gradients then agree to 1e-10, where a
   # wrong transform would be off by order 1.
   with jax.enable_x64(True):
-    images = jnp.asarray(np.random.RandomState(1).randn(2, 227, 227, 3) * 50)
+    # 99x99 images: conv3-conv5 on 5x5 maps, two tiles a side.
+    images = jnp.asarray(np.random.RandomState(1).randn(2, 99, 99, 3) * 50)
     direct, _ = _model('direct', 'float64')
     variables = jax.tree.map(lambda v: v.astype(jnp.float64),
                              nn.meta.unbox(direct.init(jax.random.PRNGKey(0), images)))
     loss = lambda model, v: model.apply(v, images).sum()
-    expected, expected_grads = jax.value_and_grad(loss, 1)(direct, variables)
-    got, grads = jax.value_and_grad(loss, 1)(_model('winograd', 'float64')[0], variables)
+    grad = jax.jit(jax.value_and_grad(loss, 1), static_argnums=0)
+    expected, expected_grads = grad(direct, variables)
+    got, grads = grad(_model('winograd', 'float64')[0], variables)
     np.testing.assert_allclose(got, expected, rtol=1e-10)
     for name in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6'):
       want = expected_grads['params'][name]['kernel']
