@@ -70,6 +70,10 @@ def _backward(window, stride, residuals, g):
     return lax.pad(a, jnp.array(fill, a.dtype), [(0, 0, 0)] * lead + [
         (back, rows - a.shape[-3], 0), (back, cols - a.shape[-2], 0), (0, 0, 0)])
 
+  def windows_back(a, b, t):
+    # t of the window a rows and b columns before each input's own.
+    return t[..., back - a:back - a + rows, back - b:back - b + cols, :]
+
   argmax, g = padded(argmax, -1), padded(g, 0)
   phases = []
   for p in range(stride):
@@ -78,9 +82,9 @@ def _backward(window, stride, residuals, g):
       for a in range(back + 1):
         for b in range(back + 1):
           if p + stride * a < window and q + stride * b < window:
-            window_of = lambda t: t[..., back - a:back - a + rows, back - b:back - b + cols, :]
             offset = (p + stride * a) * window + q + stride * b
-            dx = dx + jnp.where(window_of(argmax) == offset, window_of(g), 0)
+            dx = dx + jnp.where(windows_back(a, b, argmax) == offset,
+                                windows_back(a, b, g), 0)
       phases.append(dx)
   # (..., rows, cols, p, q, C) -> (..., rows * stride, cols * stride, C).
   dx = jnp.stack(phases, -2).reshape(*g.shape[:-3], rows, cols, stride, stride, channels)

@@ -31,8 +31,6 @@ POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)
 # convolution takes 144 (docs/performance.md has the tiles measured).
 TILE = 4
 ALGORITHMS = ('auto', 'direct', 'winograd')
-
-
 # 'auto' leaves smaller maps to XLA: on 3x3 maps (the demo's conv3-conv5) the
 # transforms cost as much as the products save (docs/performance.md).
 MIN_AUTO_SIDE = 2 * TILE
